@@ -1,0 +1,202 @@
+"""Dead-time physics from the raw Xspress scalers (event-width method), vectorised.
+
+With ``f = clock_hz`` (80 MHz on Xspress3 and Xspress3-Mini)::
+
+    dead_ticks   = all_events * (event_width + 1) + reset_ticks
+    dead_percent = 100 * dead_ticks / clock_ticks
+    dtc          = clock_ticks / (clock_ticks - dead_ticks)
+    real_time    = clock_ticks / f                      (s)
+    live_time    = real_time / dtc                      (s)
+    ocr          = all_good / real_time                 (counts/s)
+    icr          = ocr * dtc                            (counts/s, an estimate)
+    trigger_rate = all_events / real_time               (events/s)
+    corrected    = counts * dtc                         (spectra, ROI sums)
+
+Every function accepts arrays of any leading shape (frames, channels, ...) and
+broadcasts. ``clock_ticks == 0`` (no frame) and ``dead_ticks >= clock_ticks``
+(saturated) give NaN / inf, set ``DeadTime.invalid`` and emit one
+:class:`DeadTimeWarning` naming how many values are affected; they never raise
+``ZeroDivisionError``.
+
+The stream's own ``output_count_rate`` is ``all_good / (total_ticks * 80e6)`` (a
+units bug in the device source, 6.4e15 too small): it is not a rate and nothing
+here uses it. :func:`stream_ocr_as_rate` converts it, for comparison only.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "CLOCK_HZ",
+    "DeadTime",
+    "DeadTimeWarning",
+    "correct",
+    "dead_time",
+    "dead_time_from_scalers",
+    "roi_sums",
+    "stream_ocr_as_rate",
+]
+
+#: Xspress3 / Xspress3-Mini clock: 80 MHz, 12.5 ns a tick.
+CLOCK_HZ: Final = 80e6
+
+F64 = npt.NDArray[np.float64]
+
+
+class DeadTimeWarning(RuntimeWarning):
+    """Dead-time values that are NaN or infinite (no clock ticks, or saturated)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadTime:
+    """Dead-time quantities, each with the broadcast shape of the inputs."""
+
+    dead_ticks: F64
+    dead_percent: F64
+    dtc: F64
+    real_time: F64
+    live_time: F64
+    ocr: F64
+    icr: F64
+    trigger_rate: F64
+    invalid: npt.NDArray[np.bool_]
+
+
+def _f64(x: npt.ArrayLike) -> F64:
+    return np.asarray(x, dtype=np.float64)
+
+
+def dead_time(
+    all_events: npt.ArrayLike,
+    all_good: npt.ArrayLike,
+    clock_ticks: npt.ArrayLike,
+    reset_ticks: npt.ArrayLike,
+    event_width: npt.ArrayLike,
+    *,
+    clock_hz: float = CLOCK_HZ,
+    warn: bool = True,
+) -> DeadTime:
+    """Compute dead time, rates and the correction factor from raw scalers."""
+    events = _f64(all_events)
+    good = _f64(all_good)
+    ticks = _f64(clock_ticks)
+    dead = events * (_f64(event_width) + 1.0) + _f64(reset_ticks)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        live_ticks = ticks - dead
+        dtc = np.where(live_ticks > 0, ticks / live_ticks, np.inf)
+        dtc = np.where(ticks > 0, dtc, np.nan)
+        dead_percent = np.where(ticks > 0, 100.0 * dead / ticks, np.nan)
+        real_time = ticks / clock_hz
+        live_time = np.where(ticks > 0, real_time / dtc, np.nan)
+        ocr = np.where(ticks > 0, good / real_time, np.nan)
+        icr = ocr * dtc
+        trigger_rate = np.where(ticks > 0, events / real_time, np.nan)
+    invalid = ~np.isfinite(dtc)
+    if warn and invalid.any():
+        n_zero = int(np.count_nonzero(ticks <= 0))
+        n_sat = int(np.count_nonzero(invalid)) - n_zero
+        warnings.warn(
+            DeadTimeWarning(
+                f"dead-time correction undefined for {int(invalid.sum())} of "
+                f"{invalid.size} values: {n_zero} with clock_ticks == 0 (NaN), "
+                f"{n_sat} saturated with dead_ticks >= clock_ticks (inf)"
+            ),
+            stacklevel=2,
+        )
+    return DeadTime(
+        dead_ticks=dead,
+        dead_percent=_f64(dead_percent),
+        dtc=_f64(dtc),
+        real_time=_f64(real_time),
+        live_time=_f64(live_time),
+        ocr=_f64(ocr),
+        icr=_f64(icr),
+        trigger_rate=_f64(trigger_rate),
+        invalid=invalid,
+    )
+
+
+def dead_time_from_scalers(
+    scalers: Mapping[str, npt.ArrayLike],
+    *,
+    clock_hz: float = CLOCK_HZ,
+    warn: bool = True,
+) -> DeadTime:
+    """:func:`dead_time` from a mapping with the stream's scaler names."""
+    return dead_time(
+        scalers["all_events"],
+        scalers["all_good"],
+        scalers["clock_ticks"],
+        scalers["reset_ticks"],
+        scalers["event_width"],
+        clock_hz=clock_hz,
+        warn=warn,
+    )
+
+
+def correct(counts: npt.ArrayLike, dtc: npt.ArrayLike) -> F64:
+    """Dead-time corrected counts: ``counts * dtc``.
+
+    ``dtc`` has the shape of ``counts`` without its last axis when ``counts``
+    are spectra ``(..., channels, bins)``, or the same shape for scalars.
+    """
+    c = _f64(counts)
+    d = _f64(dtc)
+    if c.ndim == d.ndim + 1:
+        d = d[..., np.newaxis]
+    return c * d
+
+
+def roi_sums(spectra: npt.ArrayLike, windows: npt.ArrayLike) -> npt.NDArray[np.uint64]:
+    """Sum counts in inclusive bin windows.
+
+    ``spectra``: ``(..., channels, bins)``. ``windows``: ``(rois, 2)`` applied to
+    every channel, or ``(channels, rois, 2)`` per channel, each ``[low, high]``
+    inclusive. Returns ``(..., channels, rois)`` as uint64 (float64 if the
+    spectra are floating point).
+    """
+    s = np.asarray(spectra)
+    w = np.asarray(windows)
+    if s.ndim < 2:
+        raise ValueError(f"spectra must be (..., channels, bins), got shape {s.shape}")
+    channels, bins = s.shape[-2], s.shape[-1]
+    if w.ndim == 2:
+        w = np.broadcast_to(w, (channels, *w.shape))
+    if w.ndim != 3 or w.shape[0] != channels or w.shape[2] != 2:
+        raise ValueError(
+            f"windows must be (rois, 2) or ({channels}, rois, 2), got {w.shape}"
+        )
+    if w.size and (
+        not np.issubdtype(w.dtype, np.integer)
+        or (w[..., 0] < 0).any()
+        or (w[..., 1] >= bins).any()
+        or (w[..., 0] > w[..., 1]).any()
+    ):
+        raise ValueError(
+            f"windows must be integer [low, high] with 0 <= low <= high < {bins}"
+        )
+    acc = np.float64 if s.dtype.kind in "fc" else np.uint64
+    cs = np.zeros((*s.shape[:-1], bins + 1), dtype=acc)
+    np.cumsum(s, axis=-1, dtype=acc, out=cs[..., 1:])
+    lo = w[..., 0].astype(np.intp)
+    hi = w[..., 1].astype(np.intp) + 1
+    idx_shape = (1,) * (s.ndim - 2) + lo.shape
+    hi_vals = np.take_along_axis(cs, np.broadcast_to(hi.reshape(idx_shape), (*s.shape[:-2], *hi.shape)), axis=-1)
+    lo_vals = np.take_along_axis(cs, np.broadcast_to(lo.reshape(idx_shape), (*s.shape[:-2], *lo.shape)), axis=-1)
+    out: npt.NDArray[Any] = hi_vals - lo_vals
+    return out
+
+
+def stream_ocr_as_rate(output_count_rate: npt.ArrayLike) -> F64:
+    """Undo the device's units bug: its ``output_count_rate`` times ``80e6**2``.
+
+    Only for comparing with :attr:`DeadTime.ocr`; compute rates from scalers.
+    """
+    return _f64(output_count_rate) * CLOCK_HZ * CLOCK_HZ

@@ -1,0 +1,221 @@
+"""Series bookkeeping: which frames arrived, which did not, and what was odd.
+
+:class:`SeriesTracker` is fed the packets a :class:`StreamDecoder` assembles and
+records, per series, the frames received and every anomaly: missing, repeated
+and out-of-order frame numbers, a ``header`` before ``series_end``, a second
+``series_end``, packets outside any series and resynchronisations of the old
+framing. Each anomaly is counted and logged once, with its frame numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+__all__ = ["Anomaly", "AnomalyKind", "SeriesState", "SeriesTracker", "format_ranges"]
+
+log = logging.getLogger("ophyd_xspress.protocol")
+
+AnomalyKind = Literal[
+    "missing",
+    "repeated",
+    "out_of_order",
+    "header_before_series_end",
+    "duplicate_series_end",
+    "series_end_outside_series",
+    "frame_outside_series",
+    "resync",
+    "bad_frame",
+]
+
+#: Anomalies kept in detail per tracker (counts are always complete).
+MAX_KEPT_ANOMALIES: Final = 10_000
+
+
+def format_ranges(frames: list[int] | tuple[int, ...], limit: int = 12) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``; long lists are elided."""
+    if not frames:
+        return ""
+    values = sorted(set(frames))
+    parts: list[str] = []
+    start = prev = values[0]
+    for v in values[1:]:
+        if v == prev + 1:
+            prev = v
+            continue
+        parts.append(f"{start}-{prev}" if prev != start else f"{start}")
+        start = prev = v
+    parts.append(f"{start}-{prev}" if prev != start else f"{start}")
+    if len(parts) > limit:
+        parts = [*parts[: limit // 2], "...", *parts[-limit // 2 :]]
+    return ", ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """Something unexpected in the stream, with the facts."""
+
+    kind: AnomalyKind
+    series: int | None
+    frames: tuple[int, ...]
+    message: str
+
+
+@dataclass
+class SeriesState:
+    """What one series (header to series_end) delivered."""
+
+    index: int
+    filename: str | None = None
+    frames_received: int = 0
+    highest_frame: int = -1
+    ended: bool = False
+    closed: bool = False
+    end_count: int = 0
+    seen: set[int] = field(default_factory=set)
+    pending_missing: set[int] = field(default_factory=set)
+    counts: Counter[str] = field(default_factory=Counter)
+    repeated_frames: list[int] = field(default_factory=list)
+    out_of_order_frames: list[int] = field(default_factory=list)
+
+    @property
+    def missing_frames(self) -> list[int]:
+        return sorted(self.pending_missing)
+
+
+class SeriesTracker:
+    """Checks frame numbers and series structure; counts and logs anomalies."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.log = logger or log
+        self.series: list[SeriesState] = []
+        self.current: SeriesState | None = None
+        self.counts: Counter[str] = Counter()
+        self.anomalies: deque[Anomaly] = deque(maxlen=MAX_KEPT_ANOMALIES)
+
+    # -- reporting -----------------------------------------------------------
+    def report(
+        self,
+        kind: AnomalyKind,
+        message: str,
+        frames: tuple[int, ...] = (),
+        series: SeriesState | None = None,
+        level: int = logging.WARNING,
+    ) -> Anomaly:
+        target = series if series is not None else self.current
+        anomaly = Anomaly(
+            kind=kind,
+            series=target.index if target is not None else None,
+            frames=frames,
+            message=message,
+        )
+        self.counts[kind] += max(1, len(frames)) if kind == "missing" else 1
+        if target is not None:
+            target.counts[kind] += max(1, len(frames)) if kind == "missing" else 1
+        self.anomalies.append(anomaly)
+        self.log.log(level, "%s", message)
+        return anomaly
+
+    # -- events --------------------------------------------------------------
+    def on_header(self, filename: str | None) -> SeriesState:
+        previous = self.current
+        if previous is not None and not previous.ended:
+            self._close(previous)
+            self.report(
+                "header_before_series_end",
+                f"series {previous.index}: new header before series_end after "
+                f"{previous.frames_received} frames; starting series "
+                f"{len(self.series)}",
+                series=previous,
+            )
+        state = SeriesState(index=len(self.series), filename=filename)
+        self.series.append(state)
+        self.current = state
+        return state
+
+    def on_series_end(self) -> None:
+        cur = self.current
+        if cur is None:
+            self.report(
+                "series_end_outside_series", "series_end received before any header"
+            )
+            return
+        cur.end_count += 1
+        if cur.ended:
+            # The real device sends a second series_end after a Stop.
+            self.report(
+                "duplicate_series_end",
+                f"series {cur.index}: series_end received {cur.end_count} times",
+                series=cur,
+                level=logging.INFO,
+            )
+            return
+        cur.ended = True
+        self._close(cur)
+
+    def check_frame(self, frame: int) -> SeriesState | None:
+        """Record frame number ``frame``; return its series, or None if stray."""
+        cur = self.current
+        if cur is None or cur.ended or cur.closed:
+            where = (
+                "before any header"
+                if cur is None
+                else f"after series_end of series {cur.index}"
+            )
+            self.report(
+                "frame_outside_series",
+                f"frame {frame} received {where}: not attributed to any series",
+                frames=(frame,),
+            )
+            return None
+        if frame in cur.seen:
+            cur.repeated_frames.append(frame)
+            self.report(
+                "repeated",
+                f"series {cur.index}: frame {frame} received again",
+                frames=(frame,),
+            )
+        elif frame < cur.highest_frame:
+            cur.pending_missing.discard(frame)
+            cur.out_of_order_frames.append(frame)
+            self.report(
+                "out_of_order",
+                f"series {cur.index}: frame {frame} arrived after frame "
+                f"{cur.highest_frame}",
+                frames=(frame,),
+            )
+        elif frame > cur.highest_frame + 1:
+            gap = range(cur.highest_frame + 1, frame)
+            if len(gap) <= 1_000_000:
+                cur.pending_missing.update(gap)
+            self.log.warning(
+                "series %d: frames %s not received before frame %d",
+                cur.index,
+                format_ranges(list(gap)) if len(gap) < 10_000 else f"{gap.start}-...",
+                frame,
+            )
+        cur.seen.add(frame)
+        cur.highest_frame = max(cur.highest_frame, frame)
+        cur.frames_received += 1
+        return cur
+
+    def _close(self, state: SeriesState) -> None:
+        if state.closed:
+            return
+        state.closed = True
+        if state.pending_missing:
+            frames = tuple(sorted(state.pending_missing))
+            self.report(
+                "missing",
+                f"series {state.index}: {len(frames)} frame(s) never received: "
+                f"{format_ranges(list(frames))}",
+                frames=frames,
+                series=state,
+            )
+
+    def finish(self) -> None:
+        """Close the open series (end of a capture or of a run) and report gaps."""
+        if self.current is not None:
+            self._close(self.current)
