@@ -8,8 +8,8 @@ one received message in order.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from io import BufferedReader
+from pathlib import Path
 
 import cbor2
 
@@ -53,7 +53,9 @@ def read_capture(path: str | Path) -> Iterator[list[bytes]]:
         yield from _iter_items(fh, str(p))
 
 
-def write_capture(path: str | Path, messages: Iterable[list[bytes | memoryview]]) -> int:
+def write_capture(
+    path: str | Path, messages: Iterable[list[bytes | memoryview]]
+) -> int:
     """Write messages as a ``.cbors`` capture; returns the number written."""
     n = 0
     with Path(path).open("wb") as fh:

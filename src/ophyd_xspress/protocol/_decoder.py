@@ -26,7 +26,7 @@ import logging
 import math
 from collections.abc import Sequence
 from enum import Enum, auto
-from typing import Any, Final, Protocol, TypeAlias
+from typing import Any, Final, Protocol, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -102,7 +102,7 @@ Part: TypeAlias = bytes | bytearray | memoryview | _HasBuffer
 
 
 def _view(part: Part) -> memoryview:
-    """A flat byte view of one ZeroMQ frame (``bytes``, ``memoryview``, ``zmq.Frame``)."""
+    """A flat byte view of one ZeroMQ frame (bytes, memoryview or zmq.Frame)."""
     if isinstance(part, bytes | bytearray | memoryview):
         view = memoryview(part)
     else:
@@ -127,7 +127,9 @@ def _looks_like_json(view: memoryview) -> bool:
     return i < n and view[i] == 0x7B  # "{"
 
 
-def parse_json_part(view: memoryview | bytes) -> HeaderMessage | ImageMessage | SeriesEndMessage:
+def parse_json_part(
+    view: memoryview | bytes,
+) -> HeaderMessage | ImageMessage | SeriesEndMessage:
     """Parse one JSON part into its typed message, or raise a ProtocolError."""
     size = len(view)
     if size > MAX_JSON_BYTES:
@@ -222,8 +224,9 @@ class StreamDecoder:
     def feed(self, message: Sequence[Part]) -> list[Packet]:
         """Decode one ZeroMQ message (a sequence of frames) into packets."""
         if isinstance(message, bytes | bytearray | memoryview):
-            message = [message]
-        parts = [_view(p) for p in message]
+            parts = [_view(cast(Part, message))]
+        else:
+            parts = [_view(p) for p in message]
         if not parts:
             raise MissingPartError("empty ZeroMQ message")
         if len(parts) == 1:
@@ -285,7 +288,9 @@ class StreamDecoder:
                 f"{nbytes} (shape {list(image.shape)} x {image.type})"
             )
             self.tracker.report(
-                "bad_frame", f"frame {image.frame} dropped: {msg}", frames=(image.frame,)
+                "bad_frame",
+                f"frame {image.frame} dropped: {msg}",
+                frames=(image.frame,),
             )
             raise BufferLengthError(msg)
         data = self._data

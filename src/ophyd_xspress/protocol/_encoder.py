@@ -64,7 +64,9 @@ class StreamEncoder:
         compact_json: bool | None = None,
     ) -> None:
         if framing not in ("legacy", "multipart"):
-            raise ValueError(f"framing must be 'legacy' or 'multipart', not {framing!r}")
+            raise ValueError(
+                f"framing must be 'legacy' or 'multipart', not {framing!r}"
+            )
         self.framing: Framing = framing
         self.pickle_protocol = pickle_protocol
         compact = framing == "legacy" if compact_json is None else compact_json
@@ -85,7 +87,7 @@ class StreamEncoder:
             spectra = np.ascontiguousarray(spectra)
         if spectra.dtype.byteorder == ">":
             spectra = spectra.astype(spectra.dtype.newbyteorder("<"))
-        data = memoryview(spectra).cast("B")
+        data = memoryview(spectra.data).cast("B")
         meta = encode_metadata(list(frame.metadata.values()), self.pickle_protocol)
         head = self._json(frame.info.to_wire())
         if self.framing == "multipart":

@@ -88,7 +88,8 @@ class Frame:
             and np.array_equal(self.spectra, other.spectra)
             and list(self.metadata) == list(other.metadata)
             and all(
-                a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
+                a.dtype == b.dtype
+                and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
                 for a, b in zip(
                     self.metadata.values(), other.metadata.values(), strict=True
                 )

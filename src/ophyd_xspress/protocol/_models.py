@@ -79,7 +79,8 @@ class RoiWindows(BaseModel):
                     )
                 ):
                     raise ValueError(
-                        f"limits[{w}][{c}] must be [low, high] integers, got {pair!r:.40}"
+                        f"limits[{w}][{c}] must be [low, high] integers, "
+                        f"got {pair!r:.40}"
                     )
                 chans.append(RoiWindow(low=pair[0], high=pair[1]))
             windows.append(tuple(chans))

@@ -188,8 +188,12 @@ def roi_sums(spectra: npt.ArrayLike, windows: npt.ArrayLike) -> npt.NDArray[np.u
     lo = w[..., 0].astype(np.intp)
     hi = w[..., 1].astype(np.intp) + 1
     idx_shape = (1,) * (s.ndim - 2) + lo.shape
-    hi_vals = np.take_along_axis(cs, np.broadcast_to(hi.reshape(idx_shape), (*s.shape[:-2], *hi.shape)), axis=-1)
-    lo_vals = np.take_along_axis(cs, np.broadcast_to(lo.reshape(idx_shape), (*s.shape[:-2], *lo.shape)), axis=-1)
+    hi_vals = np.take_along_axis(
+        cs, np.broadcast_to(hi.reshape(idx_shape), (*s.shape[:-2], *hi.shape)), axis=-1
+    )
+    lo_vals = np.take_along_axis(
+        cs, np.broadcast_to(lo.reshape(idx_shape), (*s.shape[:-2], *lo.shape)), axis=-1
+    )
     out: npt.NDArray[Any] = hi_vals - lo_vals
     return out
 
