@@ -1,0 +1,238 @@
+"""Summaries of a recorded stream (``ophyd-xspress inspect``), as plain data.
+
+:func:`inspect_messages` runs the protocol decoder over a sequence of ZeroMQ
+messages and returns, per series: header fields, framing, shape, exposure,
+frames received, anomalies, per-channel totals and the dead-time correction
+factor computed from the raw scalers compared with the stream's own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .protocol import (
+    Frame,
+    HeaderMessage,
+    OutOfSeriesError,
+    ProtocolError,
+    SeriesEndMessage,
+    SeriesState,
+    StreamDecoder,
+    dead_time_from_scalers,
+    stream_ocr_as_rate,
+)
+
+__all__ = ["inspect_messages"]
+
+
+def _num(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _stats(values: npt.NDArray[np.float64]) -> dict[str, float | None]:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return {"min": None, "median": None, "max": None}
+    return {
+        "min": float(finite.min()),
+        "median": float(np.median(finite)),
+        "max": float(finite.max()),
+    }
+
+
+@dataclass
+class _SeriesAcc:
+    index: int | None
+    header: HeaderMessage | None = None
+    framing: set[str] = field(default_factory=set)
+    shapes: set[tuple[int, ...]] = field(default_factory=set)
+    dtypes: set[str] = field(default_factory=set)
+    exptimes: set[float] = field(default_factory=set)
+    frame_numbers: list[int] = field(default_factory=list)
+    channel_totals: npt.NDArray[np.int64] | None = None
+    all_good_totals: npt.NDArray[np.int64] | None = None
+    sums_match_all_good: bool = True
+    frames_sum_mismatch: list[int] = field(default_factory=list)
+    ticks_mismatch: list[int] = field(default_factory=list)
+    dtc: list[npt.NDArray[np.float64]] = field(default_factory=list)
+    dtc_stream: list[npt.NDArray[np.float64]] = field(default_factory=list)
+    dead_percent: list[npt.NDArray[np.float64]] = field(default_factory=list)
+    icr: list[npt.NDArray[np.float64]] = field(default_factory=list)
+    ocr: list[npt.NDArray[np.float64]] = field(default_factory=list)
+    ocr_field_ratio: list[npt.NDArray[np.float64]] = field(default_factory=list)
+    window_counts: npt.NDArray[np.int64] | None = None
+    extra_names: set[str] = field(default_factory=set)
+
+    def add(self, frame: Frame) -> None:
+        self.framing.add(frame.framing)
+        self.shapes.add(tuple(frame.spectra.shape))
+        self.dtypes.add(frame.info.type)
+        if frame.exptime is not None:
+            self.exptimes.add(frame.exptime)
+        self.frame_numbers.append(frame.frame)
+        sums = frame.spectra.sum(axis=1, dtype=np.int64)
+        good = frame["all_good"].astype(np.int64)
+        if self.channel_totals is None or self.channel_totals.shape != sums.shape:
+            self.channel_totals = np.zeros_like(sums)
+            self.all_good_totals = np.zeros_like(sums)
+        self.channel_totals += sums
+        if self.all_good_totals is not None:
+            self.all_good_totals += good
+        if not np.array_equal(sums, good):
+            self.sums_match_all_good = False
+            self.frames_sum_mismatch.append(frame.frame)
+        if not np.array_equal(frame["clock_ticks"], frame["total_ticks"]):
+            self.ticks_mismatch.append(frame.frame)
+        dt = dead_time_from_scalers(frame.metadata, warn=False)
+        self.dtc.append(dt.dtc)
+        self.dtc_stream.append(frame["dead_time_correction"].astype(np.float64))
+        self.dead_percent.append(dt.dead_percent)
+        self.icr.append(dt.icr)
+        self.ocr.append(dt.ocr)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.ocr_field_ratio.append(
+                stream_ocr_as_rate(frame["output_count_rate"]) / dt.ocr
+            )
+        wc = frame.window_counts
+        if wc is not None:
+            wc64 = wc.astype(np.int64)
+            if self.window_counts is None or self.window_counts.shape != wc64.shape:
+                self.window_counts = np.zeros_like(wc64)
+            self.window_counts += wc64
+        self.extra_names.update(frame.extra)
+
+    def summary(self, state: SeriesState | None) -> dict[str, Any]:
+        header = self.header
+        shape = sorted(self.shapes)[-1] if self.shapes else None
+        out: dict[str, Any] = {
+            "index": self.index,
+            "header": header.to_wire() if header else None,
+            "filename": header.filename if header else None,
+            "framing": "+".join(sorted(self.framing)) if self.framing else None,
+            "channels": int(shape[0]) if shape else None,
+            "bins": int(shape[1]) if shape else None,
+            "dtype": "+".join(sorted(self.dtypes)) if self.dtypes else None,
+            "exptime": sorted(self.exptimes)[0]
+            if len(self.exptimes) == 1
+            else (sorted(self.exptimes) if self.exptimes else None),
+            "frames": len(self.frame_numbers),
+            "first_frame": min(self.frame_numbers) if self.frame_numbers else None,
+            "last_frame": max(self.frame_numbers) if self.frame_numbers else None,
+            "hardware_windows": (
+                header.limits.to_wire() if header and header.limits else None
+            ),
+            "extra_arrays": sorted(self.extra_names),
+        }
+        anomalies: dict[str, Any] = {
+            "missing": state.missing_frames if state else [],
+            "repeated": sorted(state.repeated_frames) if state else [],
+            "out_of_order": sorted(state.out_of_order_frames) if state else [],
+            "resync": int(state.counts["resync"]) if state else 0,
+            "bad_frames": int(state.counts["bad_frame"]) if state else 0,
+            "series_end_received": state.end_count if state else 0,
+            "header_before_series_end": bool(
+                state and state.counts["header_before_series_end"]
+            ),
+            "spectrum_sum_ne_all_good": self.frames_sum_mismatch,
+            "clock_ticks_ne_total_ticks": self.ticks_mismatch,
+        }
+        if self.index is None:
+            anomalies["frames_outside_series"] = sorted(self.frame_numbers)
+        out["anomalies"] = anomalies
+        out["channel_totals"] = (
+            [int(x) for x in self.channel_totals]
+            if self.channel_totals is not None
+            else []
+        )
+        out["all_good_totals"] = (
+            [int(x) for x in self.all_good_totals]
+            if self.all_good_totals is not None
+            else []
+        )
+        out["spectrum_sums_equal_all_good"] = self.sums_match_all_good
+        if self.window_counts is not None:
+            out["window_counts_totals"] = self.window_counts.tolist()
+        if self.dtc:
+            dtc = np.stack(self.dtc)
+            stream = np.stack(self.dtc_stream)
+            out["dtc"] = _stats(dtc)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rel = np.abs(dtc - stream) / np.abs(stream)
+            finite = rel[np.isfinite(rel)]
+            out["dtc_max_rel_diff_vs_stream"] = (
+                float(finite.max()) if finite.size else None
+            )
+            out["dtc_per_channel"] = [_stats(dtc[:, c]) for c in range(dtc.shape[1])]
+            out["dead_time_percent"] = _stats(np.stack(self.dead_percent))
+            out["icr_mean_cps"] = [
+                _num(float(np.nanmean(c))) for c in np.stack(self.icr).T
+            ]
+            out["ocr_mean_cps"] = [
+                _num(float(np.nanmean(c))) for c in np.stack(self.ocr).T
+            ]
+            ratio = np.stack(self.ocr_field_ratio)
+            finite_ratio = ratio[np.isfinite(ratio)]
+            # True when the stream's output_count_rate carries the device's units
+            # bug (all_good / (ticks * 80e6)) rather than a rate in counts/s.
+            out["stream_output_count_rate_units_bug"] = bool(
+                finite_ratio.size and np.allclose(finite_ratio, 1.0, rtol=1e-6)
+            )
+        else:
+            out["dtc"] = {"min": None, "median": None, "max": None}
+            out["dtc_max_rel_diff_vs_stream"] = None
+        return out
+
+
+def inspect_messages(messages: Iterable[list[bytes]]) -> dict[str, Any]:
+    """Decode ``messages`` and summarise every series (see module docstring)."""
+    decoder = StreamDecoder()
+    accs: dict[int, _SeriesAcc] = {}
+    orphans = _SeriesAcc(index=None)
+    errors: list[dict[str, Any]] = []
+    n_messages = 0
+    n_packets = 0
+    for i, message in enumerate(messages):
+        n_messages += 1
+        try:
+            packets = decoder.feed(message)
+        except OutOfSeriesError as exc:
+            frame = getattr(exc, "frame", None)
+            if isinstance(frame, Frame):
+                orphans.add(frame)
+            n_packets += 1
+            continue
+        except ProtocolError as exc:
+            errors.append(
+                {"message": i, "error": type(exc).__name__, "detail": str(exc)}
+            )
+            continue
+        for packet in packets:
+            n_packets += 1
+            current = decoder.tracker.current
+            if isinstance(packet, HeaderMessage) and current is not None:
+                accs[current.index] = _SeriesAcc(index=current.index, header=packet)
+            elif isinstance(packet, Frame) and current is not None:
+                accs.setdefault(current.index, _SeriesAcc(index=current.index)).add(
+                    packet
+                )
+            elif isinstance(packet, SeriesEndMessage):
+                pass
+    decoder.finish()
+    tracker = decoder.tracker
+    series = [accs[s.index].summary(s) for s in tracker.series if s.index in accs]
+    if orphans.frame_numbers:
+        series.insert(0, orphans.summary(None))
+    return {
+        "messages": n_messages,
+        "packets": n_packets,
+        "frames": sum(s["frames"] for s in series),
+        "series": series,
+        "anomaly_counts": dict(sorted(tracker.counts.items())),
+        "errors": errors,
+    }
