@@ -18,6 +18,7 @@ __all__ = ["main"]
 #: subcommand -> (module, help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("._inspect", "summarise a recorded stream capture (.cbors)"),
+    "replay": ("._replay", "send a recorded capture on a ZeroMQ socket"),
 }
 
 
