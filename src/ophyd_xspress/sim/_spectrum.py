@@ -348,17 +348,19 @@ def _is_frozen(arr: object) -> bool:
 def _prepared(shape_pdf: ArrayLike | PreparedShape) -> PreparedShape:
     if isinstance(shape_pdf, PreparedShape):
         return shape_pdf
-    if isinstance(shape_pdf, np.ndarray) and _is_frozen(shape_pdf):
-        key: object = shape_pdf
-        for arr, prep in _PREPARED_CACHE:
-            if arr is key:
-                return prep
-        prep = prepare_shape(cast("NDArray[np.generic]", shape_pdf))
-        _PREPARED_CACHE.append((key, prep))
-        if len(_PREPARED_CACHE) > _PREPARED_CACHE_SIZE:
-            del _PREPARED_CACHE[0]
-        return prep
-    return prepare_shape(cast("ArrayLike", shape_pdf))
+    if not isinstance(shape_pdf, np.ndarray):
+        return prepare_shape(shape_pdf)
+    arr = cast("NDArray[np.generic]", shape_pdf)
+    if not _is_frozen(arr):
+        return prepare_shape(arr)
+    for cached, prep in _PREPARED_CACHE:
+        if cached is arr:
+            return prep
+    prep = prepare_shape(arr)
+    _PREPARED_CACHE.append((arr, prep))
+    if len(_PREPARED_CACHE) > _PREPARED_CACHE_SIZE:
+        del _PREPARED_CACHE[0]
+    return prep
 
 
 # ---------------------------------------------------------------------------
@@ -578,6 +580,8 @@ class ProcessorModel:
     baseline_reject_fraction: float = 0.002
 
     def __post_init__(self) -> None:
+        if int(self.reset_length_ticks) != self.reset_length_ticks:
+            raise ValueError("reset_length_ticks must be an integer")
         if self.reset_length_ticks < 0 or self.resets_per_event < 0:
             raise ValueError("reset_length_ticks and resets_per_event must be >= 0")
         if self.leakage_resets_hz < 0 or self.pileup_window_s < 0:
@@ -715,7 +719,7 @@ class SimulatedFrame:
         hi = np.maximum(hi, lo)
         cs = np.zeros((nchan, nbins + 1), dtype=np.uint64)
         np.cumsum(self.spectra, axis=1, dtype=np.uint64, out=cs[:, 1:])
-        ch: NDArray[np.intp] = np.arange(nchan)[None, :]
+        ch = np.arange(nchan, dtype=np.intp).reshape(1, nchan)
         return (cs[ch, hi] - cs[ch, lo]).astype(np.uint32)
 
     def scaler_list(
@@ -742,50 +746,50 @@ class SimulatedFrame:
         return out
 
 
-# Below this many expected counts per support bin, sampling events one by one
+# Below this many expected counts per support bin, placing events one by one
 # (inverse CDF) is cheaper than one Poisson draw per bin. Both are exact.
 _EVENT_SAMPLING_THRESHOLD: Final = 0.25
 
 
-def _draw_spectra(
+def _place_events(
     rng: np.random.Generator,
     prep: PreparedShape,
-    mean_good: NDArray[np.float64],
-) -> tuple[NDArray[np.uint32], NDArray[np.int64]]:
-    """Poisson spectra with per-channel means ``mean_good``; returns (spectra, sums).
-
-    Per-bin Poisson counts and "Poisson total, then each event placed by the pdf"
-    are the same distribution; the cheaper method is used.
-    """
-    nchan = mean_good.shape[0]
+    n: NDArray[np.int64],
+    spectra: NDArray[np.uint32],
+) -> None:
+    """Scatter ``n[c]`` events of channel ``c`` over the bins by the pdf."""
+    nchan = n.shape[0]
     width = prep.hi - prep.lo
-    spectra = np.zeros((nchan, prep.bins), dtype=np.uint32)
-    if float(mean_good.sum()) < _EVENT_SAMPLING_THRESHOLD * nchan * width:
-        n = rng.poisson(mean_good)
-        total = int(n.sum())
-        if total == 0:
-            return spectra, n
-        u = rng.random(total)
-        if prep.rows == 1:
-            idx = np.searchsorted(prep.cdf[0], u, side="right")
-            idx += np.repeat(np.arange(nchan, dtype=np.int64) * width, n)
-        else:
-            idx = np.empty(total, dtype=np.int64)
-            start = 0
-            for c in range(nchan):
-                stop = start + int(n[c])
-                idx[start:stop] = (
-                    np.searchsorted(prep.cdf[c], u[start:stop], side="right")
-                    + c * width
-                )
-                start = stop
-        counts = np.bincount(idx, minlength=nchan * width).reshape(nchan, width)
-        spectra[:, prep.lo : prep.hi] = counts
-        return spectra, n
-    lam = mean_good[:, None] * prep.support
-    counts = rng.poisson(lam)
-    spectra[:, prep.lo : prep.hi] = counts
-    return spectra, counts.sum(axis=1)
+    total = int(n.sum())
+    if total == 0:
+        return
+    u = rng.random(total)
+    if prep.rows == 1:
+        idx = np.searchsorted(prep.cdf[0], u, side="right")
+        if nchan > 1:
+            idx += np.repeat(np.arange(0, nchan * width, width, dtype=np.int64), n)
+    else:
+        idx = np.empty(total, dtype=np.int64)
+        start = 0
+        for c in range(nchan):
+            stop = start + int(n[c])
+            idx[start:stop] = np.searchsorted(prep.cdf[c], u[start:stop], side="right")
+            idx[start:stop] += c * width
+            start = stop
+    counts = np.bincount(idx, minlength=nchan * width)
+    spectra[:, prep.lo : prep.hi] = counts.reshape(nchan, width)
+
+
+def _event_widths(event_width: ArrayLike, nchan: int) -> NDArray[np.int64]:
+    if isinstance(event_width, int):
+        if not 0 <= event_width < _INT32_MAX:
+            raise ValueError("event_width must be in [0, 2**31 - 2]")
+        return np.full(nchan, event_width, dtype=np.int64)
+    raw = np.broadcast_to(np.asarray(event_width), (nchan,))
+    ew = raw.astype(np.int64)
+    if np.any(ew != raw) or ew.min() < 0 or ew.max() >= _INT32_MAX:
+        raise ValueError("event_width must be integers in [0, 2**31 - 2]")
+    return ew
 
 
 def simulate_frame(
@@ -826,63 +830,79 @@ def simulate_frame(
     ``dead_time_correction`` and ``output_count_rate``.
     """
     prep = _prepared(shape_pdf)
-    icr = np.atleast_1d(np.asarray(true_icr, dtype=np.float64))
+    icr = np.asarray(true_icr, dtype=np.float64)
+    if icr.ndim == 0:
+        icr = icr.reshape(1)
     if icr.ndim != 1:
         raise ValueError(f"true_icr must be (channels,), got {icr.shape}")
     nchan = icr.shape[0]
-    if prep.rows not in (1, nchan):
+    if prep.rows != 1 and prep.rows != nchan:
         raise ValueError(f"shape_pdf has {prep.rows} rows for {nchan} channels")
-    if not np.all(np.isfinite(icr)) or np.any(icr < 0.0):
+    if not (math.isfinite(float(icr.sum())) and icr.min() >= 0.0):
         raise ValueError("true_icr must be finite and >= 0")
-    ew_raw = np.broadcast_to(np.asarray(event_width), (nchan,))
-    ew64 = ew_raw.astype(np.int64)
-    if np.any(ew64 != ew_raw) or np.any(ew64 < 0) or np.any(ew64 > _INT32_MAX - 1):
-        raise ValueError("event_width must be integers in [0, 2**31 - 2]")
+    ew = _event_widths(event_width, nchan)
     ticks = int(clock_ticks)
-    if ticks != clock_ticks or not (0 <= ticks <= _UINT32_MAX):
+    if ticks != clock_ticks or not 0 <= ticks <= _UINT32_MAX:
         raise ValueError(
-            f"clock_ticks must be an integer in [0, 2**32-1], got {clock_ticks}"
+            f"clock_ticks must be an integer in [0, 2**32-1], not {clock_ticks}"
         )
-    if not (clock_hz > 0):
+    if not clock_hz > 0:
         raise ValueError("clock_hz must be > 0")
 
+    # Expected numbers (see expected_event_rate): events, good, rejected, resets.
+    proc = processor
     real_time = ticks / clock_hz
-    rate = expected_event_rate(icr, ew64, processor, clock_hz)
-    mean_events = rate * real_time
-    good = processor.good_fraction(icr)
-    mean_good = mean_events * good
-    mean_rejected = mean_events - mean_good
-    mean_resets = (
-        mean_events * processor.resets_per_event
-        + processor.leakage_resets_hz * real_time
+    reset_len = proc.reset_length_ticks + proc.reset_jitter_probability
+    leak = min(proc.leakage_resets_hz * reset_len / clock_hz, 1.0)
+    tau_s = (ew + (1.0 + proc.resets_per_event * reset_len)) / clock_hz
+    mean_events = icr * ((1.0 - leak) * real_time) / (1.0 + icr * tau_s)
+    mean_good = mean_events * (
+        (1.0 - proc.baseline_reject_fraction) * np.exp(-icr * proc.pileup_window_s)
+    )
+    means = np.concatenate(
+        (
+            mean_good,
+            mean_events - mean_good,
+            mean_events * proc.resets_per_event + proc.leakage_resets_hz * real_time,
+        )
     )
 
-    spectra, sums = _draw_spectra(rng, prep, mean_good)
-    others = rng.poisson(np.concatenate((mean_rejected, mean_resets)))
-    all_good = sums.astype(np.int64)
-    all_events = all_good + others[:nchan]
-    n_resets = others[nchan:]
-    reset_ticks = n_resets * processor.reset_length_ticks + rng.binomial(
-        n_resets, processor.reset_jitter_probability
-    )
+    spectra = np.zeros((nchan, prep.bins), dtype=np.uint32)
+    width = prep.hi - prep.lo
+    if float(mean_good.sum()) < _EVENT_SAMPLING_THRESHOLD * nchan * width:
+        draws = rng.poisson(means)
+        all_good = draws[:nchan]
+        _place_events(rng, prep, all_good, spectra)
+    else:
+        counts = rng.poisson(mean_good[:, None] * prep.support)
+        spectra[:, prep.lo : prep.hi] = counts
+        draws = rng.poisson(means)
+        all_good = counts.sum(axis=1)
+    all_events = all_good + draws[nchan : 2 * nchan]
+    n_resets = draws[2 * nchan :]
+    reset_ticks = n_resets * proc.reset_length_ticks
+    if proc.reset_jitter_probability > 0.0:
+        reset_ticks += rng.binomial(n_resets, proc.reset_jitter_probability)
 
-    per_event = ew64 + 1
-    dead = all_events * per_event + reset_ticks
-    if ticks > 0 and np.any(dead >= ticks):
+    per_event = ew + 1
+    if ticks > 0 and int((all_events * per_event + reset_ticks).max()) >= ticks:
         _clip_saturated(
             rng, spectra, all_good, all_events, reset_ticks, per_event, ticks
         )
 
     clock = np.full(nchan, ticks, dtype=np.uint32)
-    ct = clock.astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dtc = ct / (
-            ct
-            - reset_ticks.astype(np.float64)
-            - all_events.astype(np.float64) * (ew64.astype(np.float64) + 1.0)
-        )
+    ct = float(ticks)
+    live = (
+        ct - reset_ticks.astype(np.float64) - all_events * per_event.astype(np.float64)
+    )
+    good_f = all_good.astype(np.float64)
+    if ticks > 0:
+        dtc = ct / live
         # The device's units bug, reproduced on purpose: NOT counts per second.
-        ocr = all_good.astype(np.float64) / (ct * clock_hz)
+        ocr = good_f / (ct * clock_hz)
+    else:
+        dtc = np.full(nchan, np.nan)
+        ocr = np.full(nchan, np.nan)
     return SimulatedFrame(
         spectra=spectra,
         all_events=all_events.astype(np.uint32),
@@ -890,7 +910,7 @@ def simulate_frame(
         clock_ticks=clock,
         total_ticks=clock.copy(),
         reset_ticks=reset_ticks.astype(np.uint32),
-        event_width=ew64.astype(np.int32),
+        event_width=ew.astype(np.int32),
         dead_time_correction=dtc,
         output_count_rate=ocr,
     )
