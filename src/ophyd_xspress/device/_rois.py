@@ -1,0 +1,136 @@
+"""Software regions of interest: energy windows (eV) or bin windows, per channel."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, cast
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Calibration", "Roi", "RoiSpec", "make_rois", "windows_array"]
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Energy of bin ``i``: it covers ``[offset + i*gain, offset + (i+1)*gain)`` eV."""
+
+    ev_per_bin: float = 10.0
+    offset_ev: float = 0.0
+
+    def bin_of(self, energy_ev: float) -> int:
+        return math.floor((energy_ev - self.offset_ev) / self.ev_per_bin)
+
+    def energy_of(self, bin_index: float) -> float:
+        return self.offset_ev + (bin_index + 0.5) * self.ev_per_bin
+
+
+@dataclass(frozen=True)
+class Roi:
+    """One ROI: a name and an inclusive bin window per channel."""
+
+    name: str
+    windows: tuple[tuple[int, int], ...]  # per channel, inclusive bins
+    unit: Literal["eV", "bin"]
+    requested: tuple[float, float] | tuple[tuple[float, float], ...]
+
+    def describe(self, calibration: Calibration) -> str:
+        lo, hi = self.windows[0]
+        same = all(w == self.windows[0] for w in self.windows)
+        bins = f"bins {lo}-{hi}" if same else f"bins {list(self.windows)}"
+        e_lo = calibration.offset_ev + lo * calibration.ev_per_bin
+        e_hi = calibration.offset_ev + (hi + 1) * calibration.ev_per_bin
+        return (
+            f"{self.name}: {bins} ({e_lo:.0f}-{e_hi:.0f} eV)"
+            if same
+            else (f"{self.name}: {bins}")
+        )
+
+
+#: ``{"Fe": (6250.0, 6550.0)}`` (one window for all channels) or
+#: ``{"Fe": [(6250, 6550), (6240, 6560), ...]}`` (one per channel).
+RoiSpec = Mapping[str, tuple[float, float] | Sequence[tuple[float, float]]]
+
+
+def _is_pair(value: object) -> bool:
+    return (
+        isinstance(value, Sequence)
+        and len(value) == 2
+        and all(isinstance(x, int | float) and not isinstance(x, bool) for x in value)
+    )
+
+
+def _windows_per_channel(
+    name: str, value: object, channels: int
+) -> list[tuple[float, float]]:
+    if _is_pair(value):
+        lo, hi = cast(Sequence[float], value)
+        return [(float(lo), float(hi))] * channels
+    if isinstance(value, Sequence) and value and all(_is_pair(v) for v in value):
+        pairs = [cast(Sequence[float], v) for v in value]
+        if len(pairs) != channels:
+            raise ValueError(
+                f"ROI {name}: {len(pairs)} windows for {channels} channels"
+            )
+        return [(float(a), float(b)) for a, b in pairs]
+    raise ValueError(
+        f"ROI {name}: expected (low, high) or one (low, high) per channel, "
+        f"got {value!r}"
+    )
+
+
+def make_rois(
+    spec: RoiSpec | None,
+    *,
+    unit: Literal["eV", "bin"],
+    channels: int,
+    bins: int,
+    calibration: Calibration,
+) -> list[Roi]:
+    """Validate ROI definitions and convert them to per-channel bin windows."""
+    rois: list[Roi] = []
+    for name, value in (spec or {}).items():
+        if not _NAME.match(name):
+            raise ValueError(
+                f"ROI name {name!r} must start with a letter and use letters, digits "
+                "and _ (it becomes part of data keys)"
+            )
+        per_channel = _windows_per_channel(name, value, channels)
+        windows: list[tuple[int, int]] = []
+        for c, (lo, hi) in enumerate(per_channel):
+            if unit == "eV":
+                b_lo, b_hi = (
+                    calibration.bin_of(float(lo)),
+                    calibration.bin_of(float(hi)),
+                )
+            else:
+                if int(lo) != lo or int(hi) != hi:
+                    raise ValueError(f"ROI {name}: bin windows must be integers")
+                b_lo, b_hi = int(lo), int(hi)
+            if not 0 <= b_lo <= b_hi < bins:
+                raise ValueError(
+                    f"ROI {name} channel {c}: ({lo}, {hi}) {unit} gives bins "
+                    f"{b_lo}-{b_hi}, outside 0-{bins - 1} or reversed"
+                )
+            windows.append((b_lo, b_hi))
+        requested: tuple[float, float] | tuple[tuple[float, float], ...] = (
+            per_channel[0] if _is_pair(value) else tuple(per_channel)
+        )
+        rois.append(Roi(name, tuple(windows), unit, requested))
+    names = [r.name for r in rois]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate ROI names in {names}")
+    return rois
+
+
+def windows_array(rois: Sequence[Roi], channels: int) -> npt.NDArray[np.int64]:
+    """``(channels, R, 2)`` inclusive bin windows for :func:`roi_sums`."""
+    out = np.zeros((channels, len(rois), 2), dtype=np.int64)
+    for r, roi in enumerate(rois):
+        out[:, r, :] = np.asarray(roi.windows, dtype=np.int64)
+    return out

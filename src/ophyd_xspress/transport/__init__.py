@@ -1,0 +1,17 @@
+"""ZeroMQ transport: receive the detector stream and attribute frames to a run."""
+
+from ._receiver import (
+    FrameSink,
+    RunTracker,
+    StreamConnectError,
+    StreamReceiver,
+    StreamStalledError,
+)
+
+__all__ = [
+    "FrameSink",
+    "RunTracker",
+    "StreamConnectError",
+    "StreamReceiver",
+    "StreamStalledError",
+]

@@ -1,0 +1,526 @@
+"""Receive the detector stream on a dedicated thread and attribute frames to runs.
+
+:class:`StreamReceiver` owns one SUB (or PULL) socket, connected before the
+detector is armed, and a :class:`~ophyd_xspress.protocol.StreamDecoder`. A run
+(one trigger of a step scan, or one fly scan) is announced with
+:meth:`StreamReceiver.begin`, which returns a :class:`RunTracker`:
+
+* in *active* mode (we arm the detector) frames count only after the run's own
+  ``header``: anything before it is stale (from a previous series) and is
+  discarded with a warning; frame ``n`` of the series goes to row
+  ``row_offset + n`` of the sink, so a missing, repeated or out-of-order frame
+  never shifts data into the wrong row;
+* in *passive* mode (someone else arms) frames of any series are taken in
+  arrival order;
+* frames outside any series (slow joiner: connected after the header) are never
+  attributed, only counted.
+
+Frames go to a :class:`FrameSink` on the receiver thread; the tracker counts what
+arrived and wakes asyncio waiters through ``loop.call_soon_threadsafe``. Every
+wait has a time-out whose error names the endpoint and the frames expected and
+received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Literal, Protocol
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from ..protocol import (
+    Frame,
+    HeaderMessage,
+    OutOfSeriesError,
+    ProtocolError,
+    SeriesEndMessage,
+    StreamDecoder,
+    format_ranges,
+)
+
+__all__ = [
+    "FrameSink",
+    "RunTracker",
+    "StreamConnectError",
+    "StreamReceiver",
+    "StreamStalledError",
+]
+
+log = logging.getLogger("ophyd_xspress.transport")
+
+SocketType = Literal["sub", "pull"]
+
+
+class StreamConnectError(ConnectionError):
+    """The stream endpoint could not be reached in time."""
+
+
+class StreamStalledError(TimeoutError):
+    """Frames stopped arriving before the run had all it expected."""
+
+
+class FrameSink(Protocol):
+    """Where a run's frames go (called on the receiver thread)."""
+
+    def put(self, row: int, frame: Frame) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class RunTracker:
+    """One run's view of the stream: which frames arrived, and when it is done."""
+
+    def __init__(
+        self,
+        receiver: StreamReceiver,
+        expected: int | None,
+        sink: FrameSink,
+        *,
+        active: bool,
+        row_offset: int = 0,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.receiver = receiver
+        self.expected = expected
+        self.sink = sink
+        self.active = active
+        self.row_offset = row_offset
+        self.on_progress = on_progress
+        self.awaiting_header = active
+        self.header: HeaderMessage | None = None
+        self.series_ended = False
+        self.received: set[int] = set()
+        self.contiguous = 0  # frames 0..contiguous-1 all arrived
+        self.counts: Counter[str] = Counter()
+        self.repeated: list[int] = []
+        self.out_of_order: list[int] = []
+        self.last_frame_time = time.monotonic()
+        self.error: BaseException | None = None
+        self.closed = False
+        self._done = threading.Event()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._highest = -1
+        self.backlog_fed = False
+
+    # -- receiver thread ---------------------------------------------------------
+    def _on_header(self, header: HeaderMessage) -> None:
+        if self.awaiting_header:
+            self.awaiting_header = False
+            self.header = header
+            return
+        if self.active and self.header is not None:
+            self.counts["header_mid_run"] += 1
+            self._fail(
+                ProtocolError(
+                    f"stream from {self.receiver.endpoint} restarted mid-run: a new "
+                    f"header arrived after {len(self.received)} of "
+                    f"{self._expected_text()} frames; frames after it are not "
+                    "attributed to this run"
+                )
+            )
+        elif self.header is None:
+            self.header = header
+
+    def _on_series_end(self) -> None:
+        if self.awaiting_header:
+            self.counts["stale_series_end"] += 1
+            return
+        if self.active:
+            self.series_ended = True
+            self._notify()
+
+    def _on_frame(self, frame: Frame) -> None:
+        if self.closed or self.error is not None:
+            self.counts["after_close"] += 1
+            return
+        if self.awaiting_header:
+            self.counts["stale"] += 1
+            log.warning(
+                "%s: discarded stale frame %d (arrived before this run's header)",
+                self.receiver.endpoint,
+                frame.frame,
+            )
+            return
+        number = frame.frame if self.active else self._next_passive()
+        if number in self.received:
+            self.counts["repeated"] += 1
+            self.repeated.append(number)
+            log.warning(
+                "%s: frame %d received again; keeping the first copy",
+                self.receiver.endpoint,
+                number,
+            )
+            return
+        if self.expected is not None and number >= self.expected:
+            self.counts["unexpected"] += 1
+            log.warning(
+                "%s: frame %d is beyond the %d frames this run expects; not written",
+                self.receiver.endpoint,
+                number,
+                self.expected,
+            )
+            return
+        if number < self._highest:
+            self.counts["out_of_order"] += 1
+            self.out_of_order.append(number)
+            log.warning(
+                "%s: frame %d arrived after frame %d; written to its own row",
+                self.receiver.endpoint,
+                number,
+                self._highest,
+            )
+        self._highest = max(self._highest, number)
+        self.sink.put(self.row_offset + number, frame)
+        self.received.add(number)
+        self.last_frame_time = time.monotonic()
+        while self.contiguous in self.received:
+            self.contiguous += 1
+
+    def _next_passive(self) -> int:
+        return len(self.received)
+
+    def _after_batch(self) -> None:
+        """Called after a batch of packets: flush the sink, publish progress."""
+        self.sink.flush()
+        if self.on_progress is not None:
+            self.on_progress(self.contiguous)
+        self._notify()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self._notify()
+
+    def _notify(self) -> None:
+        if self.done:
+            self._done.set()
+        for loop, event in list(self._waiters):
+            loop.call_soon_threadsafe(event.set)
+
+    # -- any thread ----------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        if self.error is not None:
+            return True
+        if self.expected is not None:
+            return self.contiguous >= self.expected
+        return self.series_ended
+
+    @property
+    def missing(self) -> list[int]:
+        top = self.expected if self.expected is not None else self._highest + 1
+        return [n for n in range(top) if n not in self.received]
+
+    def _expected_text(self) -> str:
+        return str(self.expected) if self.expected is not None else "?"
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "frames_expected": self.expected,
+            "frames_received": len(self.received),
+            "missing": self.missing if self.expected is not None else [],
+            "repeated": sorted(self.repeated),
+            "out_of_order": sorted(self.out_of_order),
+            "stale_discarded": self.counts["stale"],
+            "anomaly_counts": dict(self.counts),
+        }
+
+    def stall_error(self, waited: float) -> StreamStalledError:
+        missing = self.missing
+        text = (
+            f"no frame from {self.receiver.endpoint} for {waited:.1f} s: received "
+            f"{len(self.received)} of {self._expected_text()} frames"
+        )
+        if self.awaiting_header:
+            text += " (the series header never arrived: was the detector armed, and "
+            text += "the subscriber connected before Arm?)"
+        elif missing:
+            text += f"; missing {format_ranges(missing)}"
+        return StreamStalledError(text)
+
+    async def wait(
+        self, stall_timeout: float, check: Callable[[], None] | None = None
+    ) -> None:
+        """Wait until the run has its frames; raise on stall, error or ``check``."""
+        loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        entry = (loop, event)
+        self._waiters.append(entry)
+        try:
+            while True:
+                if self.error is not None:
+                    raise self.error
+                if self.done:
+                    return
+                if check is not None:
+                    check()
+                idle = time.monotonic() - self.last_frame_time
+                if idle > stall_timeout:
+                    raise self.stall_error(idle)
+                event.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(0.25, stall_timeout))
+        finally:
+            self._waiters.remove(entry)
+
+    def wait_blocking(self, timeout: float) -> bool:
+        return self._done.wait(timeout)
+
+
+class _NullSink:
+    def put(self, row: int, frame: Frame) -> None:
+        return None
+
+    def flush(self) -> None:
+        return None
+
+
+class StreamReceiver:
+    """A dedicated thread receiving and decoding one stream endpoint.
+
+    >>> rx = StreamReceiver("tcp://127.0.0.1:9999")
+    >>> rx.start()                       # connects (and subscribes) now
+    >>> run = rx.begin(expected=10, sink=my_sink, active=True)
+    >>> ... arm the detector ...
+    >>> await run.wait(stall_timeout=5)
+    >>> rx.stop()
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        socket_type: SocketType = "sub",
+        *,
+        rcvhwm: int = 0,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        batch: int = 512,
+        backlog: int = 10_000,
+    ) -> None:
+        if socket_type not in ("sub", "pull"):
+            raise ValueError(f"socket must be 'sub' or 'pull', not {socket_type!r}")
+        self.endpoint = endpoint
+        self.socket_type: SocketType = socket_type
+        self.rcvhwm = rcvhwm
+        self.batch = batch
+        self._ctx = context or zmq.Context.instance()
+        self.decoder = StreamDecoder()
+        self.counts: Counter[str] = Counter()
+        self.errors: list[str] = []
+        self.messages = 0
+        self.bytes = 0
+        self._run: RunTracker | None = None
+        self.backlog_limit = backlog
+        self._backlog: deque[Frame] = deque()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._connected = threading.Event()
+        self._socket_ready = threading.Event()
+        self._start_error: BaseException | None = None
+
+    # -- life cycle ------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, connect_timeout: float | None = 5.0) -> None:
+        """Start the thread; with ``connect_timeout``, wait for the TCP handshake
+        (so a SUB's subscription reaches the publisher before the detector is
+        armed) and raise :class:`StreamConnectError` if it does not happen."""
+        if self.running:
+            return
+        self._stop.clear()
+        self._connected.clear()
+        self._socket_ready.clear()
+        self._thread = threading.Thread(
+            target=self._serve, name=f"xspress-rx {self.endpoint}", daemon=True
+        )
+        self._thread.start()
+        self._socket_ready.wait(5)
+        if self._start_error is not None:
+            err, self._start_error = self._start_error, None
+            self.stop()
+            raise StreamConnectError(
+                f"cannot open a {self.socket_type.upper()} socket on {self.endpoint}: "
+                f"{err}"
+            ) from err
+        if connect_timeout is not None and not self._connected.wait(connect_timeout):
+            self.stop()
+            raise StreamConnectError(
+                f"no connection to the detector stream at {self.endpoint} within "
+                f"{connect_timeout} s (is the detector / simulator running, the "
+                "address right, and port open in the firewall?)"
+            )
+        if connect_timeout is not None and self.socket_type == "sub":
+            time.sleep(0.05)  # let the subscription travel after the handshake
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(10)
+            if thread.is_alive():  # pragma: no cover - socket ops never block
+                log.error("receiver thread for %s did not stop", self.endpoint)
+
+    # -- runs --------------------------------------------------------------------------
+    def begin(
+        self,
+        expected: int | None,
+        sink: FrameSink | None = None,
+        *,
+        active: bool = True,
+        row_offset: int = 0,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> RunTracker:
+        """Start attributing frames to a new run (call before arming)."""
+        run = RunTracker(
+            self,
+            expected,
+            sink if sink is not None else _NullSink(),
+            active=active,
+            row_offset=row_offset,
+            on_progress=on_progress,
+        )
+        with self._lock:
+            if self._run is not None:
+                self._run.closed = True
+            self._run = run
+        return run
+
+    def end(self, run: RunTracker) -> None:
+        """Stop attributing frames to ``run``."""
+        with self._lock:
+            run.closed = True
+            if self._run is run:
+                self._run = None
+
+    # -- thread ------------------------------------------------------------------------
+    def _serve(self) -> None:
+        ctx = self._ctx
+        try:
+            sock = ctx.socket(zmq.SUB if self.socket_type == "sub" else zmq.PULL)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
+            sock.setsockopt(zmq.RCVBUF, 4 * 1024 * 1024)
+            if self.socket_type == "sub":
+                sock.setsockopt(zmq.SUBSCRIBE, b"")
+            monitor = sock.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+            )
+            sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            self._start_error = exc
+            self._socket_ready.set()
+            return
+        self._socket_ready.set()
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                events = dict(poller.poll(50))
+                if monitor in events:
+                    self._on_monitor(monitor)
+                self._drain(sock if sock in events else None)
+        finally:
+            sock.disable_monitor()
+            monitor.close(linger=0)
+            sock.close(linger=0)
+
+    def _on_monitor(self, monitor: zmq.Socket[bytes]) -> None:
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if self._connected.is_set():
+                    self.counts["reconnects"] += 1
+                    log.warning("%s: stream reconnected", self.endpoint)
+                self._connected.set()
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self.counts["disconnects"] += 1
+                log.warning("%s: stream disconnected (publisher gone?)", self.endpoint)
+
+    def _keep(self, frame: Frame) -> None:
+        """A frame no run wants yet: keep it for the next passive run."""
+        self._backlog.append(frame)
+        if len(self._backlog) > self.backlog_limit:
+            self._backlog.popleft()
+            self.counts["backlog_dropped"] += 1
+            if self.counts["backlog_dropped"] == 1:
+                log.warning(
+                    "%s: more than %d frames arrived with no run to take them; "
+                    "dropping the oldest",
+                    self.endpoint,
+                    self.backlog_limit,
+                )
+
+    def _feed_backlog(self, run: RunTracker) -> None:
+        if run.active:
+            if self._backlog:
+                run.counts["stale"] += len(self._backlog)
+                log.warning(
+                    "%s: discarded %d frame(s) received before the run started",
+                    self.endpoint,
+                    len(self._backlog),
+                )
+            self._backlog.clear()
+            return
+        while self._backlog and not run.done:
+            run._on_frame(self._backlog.popleft())
+
+    def _drain(self, sock: zmq.Socket[bytes] | None) -> None:
+        with self._lock:
+            run = self._run
+            fresh = run is not None and not run.backlog_fed
+            if run is not None:
+                run.backlog_fed = True
+        if fresh and run is not None:
+            self._feed_backlog(run)
+            if sock is None:
+                run._after_batch()
+                return
+        if sock is None:
+            return
+        for _ in range(self.batch):
+            try:
+                message = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            self.messages += 1
+            self.bytes += sum(len(f) for f in message)
+            try:
+                packets = self.decoder.feed(message)
+            except OutOfSeriesError as exc:
+                self.counts["outside_series"] += 1
+                log.warning("%s: %s", self.endpoint, exc)
+                continue
+            except ProtocolError as exc:
+                self.counts["protocol_error"] += 1
+                self.errors.append(str(exc))
+                del self.errors[:-100]
+                log.warning("%s: %s", self.endpoint, exc)
+                continue
+            for packet in packets:
+                if isinstance(packet, Frame):
+                    if run is not None and (run.active or not run.done):
+                        run._on_frame(packet)
+                    else:
+                        self._keep(packet)
+                elif run is None:
+                    continue
+                elif isinstance(packet, HeaderMessage):
+                    run._on_header(packet)
+                elif isinstance(packet, SeriesEndMessage):
+                    run._on_series_end()
+        if run is not None:
+            try:
+                run._after_batch()
+            except Exception as exc:  # the sink failed (e.g. disk full)
+                log.exception("%s: writing frames failed", self.endpoint)
+                run._fail(exc)
