@@ -1,19 +1,62 @@
-"""ophyd-xspress: Quantum Detectors Xspress3 / Xspress3-Mini detectors in Bluesky."""
+"""ophyd-xspress: Quantum Detectors Xspress3 / Xspress3-Mini detectors in Bluesky.
 
-from .protocol import (
-    Frame,
-    HeaderMessage,
-    ProtocolError,
-    SeriesEndMessage,
-    StreamDecoder,
-    StreamEncoder,
-)
+>>> from ophyd_xspress import XspressDetector, XspressSimulator
+
+Names are imported lazily, so ``ophyd_xspress.protocol`` (the sans-IO core) can
+be used without loading ZeroMQ, Tango or ophyd-async.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .device import DetectorFaultError, XspressDetector
+    from .protocol import (
+        Frame,
+        HeaderMessage,
+        ProtocolError,
+        SeriesEndMessage,
+        StreamDecoder,
+        StreamEncoder,
+    )
+    from .sim import XspressSimulator
+    from .transport import StreamStalledError
+
+_LAZY = {
+    "DetectorFaultError": ".device",
+    "XspressDetector": ".device",
+    "Frame": ".protocol",
+    "HeaderMessage": ".protocol",
+    "ProtocolError": ".protocol",
+    "SeriesEndMessage": ".protocol",
+    "StreamDecoder": ".protocol",
+    "StreamEncoder": ".protocol",
+    "XspressSimulator": ".sim",
+    "StreamStalledError": ".transport",
+}
 
 __all__ = [
+    "DetectorFaultError",
     "Frame",
     "HeaderMessage",
     "ProtocolError",
     "SeriesEndMessage",
     "StreamDecoder",
     "StreamEncoder",
+    "StreamStalledError",
+    "XspressDetector",
+    "XspressSimulator",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ophyd_xspress' has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
