@@ -9,9 +9,14 @@ engine is found through a registry keyed by the ``EngineKey`` device property.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
+import signal
+import sys
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -226,6 +231,52 @@ class Xspress3DS(Device):
         self.engine.clear_fault()
 
 
+_SIGNALS = tuple(
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+    if hasattr(signal, name)
+)
+
+
+@contextlib.contextmanager
+def _keep_python_signal_handlers() -> Iterator[None]:
+    """The in-process Tango server installs C handlers for SIGINT/SIGTERM/...,
+    after which Ctrl-C would silently kill the server instead of raising
+    KeyboardInterrupt: put the Python handlers back (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {s: signal.getsignal(s) for s in _SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Tango's C++ server prints 'Ready to accept request' on fd 1."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
+
+
 class TangoServer:
     """Runs :class:`Xspress3DS` for one engine in a database-less test context.
 
@@ -268,7 +319,10 @@ class TangoServer:
                 process=False,
                 timeout=15,
             )
-            self._ctx.start()
+            with _keep_python_signal_handlers(), _quiet_stdout():
+                self._ctx.start()
+            # Exiting Python with the server running hangs in C++ clean-up.
+            atexit.register(self.stop)
         except BaseException:
             self.stop()
             raise
@@ -282,9 +336,12 @@ class TangoServer:
 
     def stop(self) -> None:
         ctx, self._ctx = self._ctx, None
+        if ctx is not None:
+            atexit.unregister(self.stop)
         try:
             if ctx is not None:
-                ctx.stop()
+                with contextlib.suppress(Exception):
+                    ctx.stop()
         finally:
             with _ENGINES_LOCK:
                 _ENGINES.pop(self._key, None)
