@@ -190,6 +190,19 @@ class XspressAcquireLogic(DetectorAcquireLogic):
             await self.rt.wait_not_running(timeout=self.rt.stall_timeout)
 
 
+class _InlineSkippedFilter(logging.Filter):
+    """ophyd-async warns that an inline (single-collection) data logic is skipped
+    whenever a detector is prepared for many frames. For XspressDetector that is
+    the design (fly-scan frames go to HDF5), so the warning would only alarm."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not ("XspressInlineDataLogic" in msg and "only supports a single" in msg)
+
+
+logging.getLogger("ophyd_async").addFilter(_InlineSkippedFilter())
+
+
 class XspressInlineDataLogic(DetectorDataLogic):
     """Readings in the event documents (step scans, one frame per event)."""
 
