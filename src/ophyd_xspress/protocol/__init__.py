@@ -25,7 +25,12 @@ from ._errors import (
     UnsupportedEncodingError,
 )
 from ._frame import Frame, Framing
-from ._metadata import MAX_METADATA_BYTES, decode_metadata, encode_metadata
+from ._metadata import (
+    MAX_METADATA_BYTES,
+    MetadataDecoder,
+    decode_metadata,
+    encode_metadata,
+)
 from ._models import (
     DEFAULT_SCALER_NAMES,
     HeaderMessage,
@@ -66,6 +71,7 @@ __all__ = [
     "InvalidJSONError",
     "JsonMessage",
     "Message",
+    "MetadataDecoder",
     "MissingPartError",
     "OutOfSeriesError",
     "Packet",

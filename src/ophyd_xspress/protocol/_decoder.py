@@ -43,11 +43,12 @@ from ._errors import (
     UnsupportedEncodingError,
 )
 from ._frame import Frame, Framing
-from ._metadata import decode_metadata
+from ._metadata import MetadataDecoder
 from ._models import (
     DEFAULT_SCALER_NAMES,
     HeaderMessage,
     ImageMessage,
+    JsonMessage,
     SeriesEndMessage,
 )
 from ._series import SeriesTracker
@@ -67,7 +68,9 @@ log = logging.getLogger("ophyd_xspress.protocol")
 #: Upper bounds on what a header may declare (Xspress4 has up to 36 channels).
 MAX_CHANNELS: Final = 256
 MAX_BINS: Final = 65_536
-MAX_FRAME_BYTES: Final = 256 * 1024 * 1024
+#: Largest spectra buffer accepted: 64 MiB (36 channels x 4096 bins x uint32
+#: is 590 kB; 256 channels x 65536 bins x uint64 would be 128 MiB).
+MAX_FRAME_BYTES: Final = 64 * 1024 * 1024
 MAX_JSON_BYTES: Final = 1 << 20
 
 #: Spectra dtypes the detector may declare in ``type``.
@@ -88,8 +91,9 @@ SUPPORTED_TYPES: Final = frozenset(
 
 Packet: TypeAlias = HeaderMessage | Frame | SeriesEndMessage
 
+# The discriminated union: validation errors name only the model ``htype`` picks.
 _JSON_ADAPTER: pydantic.TypeAdapter[HeaderMessage | ImageMessage | SeriesEndMessage] = (
-    pydantic.TypeAdapter(HeaderMessage | ImageMessage | SeriesEndMessage)
+    pydantic.TypeAdapter(JsonMessage)
 )
 
 
@@ -117,14 +121,46 @@ def _view(part: Part) -> memoryview:
     return view
 
 
+_WHITESPACE: Final = frozenset(b" \t\r\n")
+
+
 def _looks_like_json(view: memoryview) -> bool:
+    """A JSON object (``{...``), or a JSON array (``[...]``, both brackets).
+
+    JSON parts of this protocol are objects; an array is a (bad) JSON part too,
+    but it needs its closing bracket so that a binary part that merely starts
+    with ``[`` (0x5B) is not mistaken for one.
+    """
     n = len(view)
     if n < 2 or n > MAX_JSON_BYTES:
         return False
     i = 0
-    while i < n and view[i] in b" \t\r\n":
+    while i < n and view[i] in _WHITESPACE:
         i += 1
-    return i < n and view[i] == 0x7B  # "{"
+    if i >= n:
+        return False
+    if view[i] == 0x7B:  # "{"
+        return True
+    if view[i] != 0x5B:  # "["
+        return False
+    j = n - 1
+    while j > i and view[j] in _WHITESPACE:
+        j -= 1
+    return j > i and view[j] == 0x5D  # "]"
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    """A JSON value for a message: strings shortened, small scalars as written,
+    anything else by type and length (never the repr of a whole container)."""
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    if value is None or isinstance(value, bool | float):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if value.bit_length() < 128 else "a huge integer"
+    if isinstance(value, list | dict):
+        return f"a JSON {type(value).__name__} of {len(value)} items"
+    return type(value).__name__
 
 
 def parse_json_part(
@@ -146,7 +182,7 @@ def parse_json_part(
     htype = obj.get("htype")
     if htype not in ("header", "image", "series_end"):
         raise UnknownHtypeError(
-            f"unknown htype {htype!r:.40} (expected header, image or series_end)"
+            f"unknown htype {_shown(htype)} (expected header, image or series_end)"
         )
     try:
         return _JSON_ADAPTER.validate_python(obj)
@@ -165,12 +201,12 @@ def validate_image(info: ImageMessage) -> tuple[np.dtype[Any], tuple[int, int], 
     """
     if info.compression != "none":
         raise UnsupportedEncodingError(
-            f"frame {info.frame}: compression {info.compression!r} is not supported "
-            "(expected 'none')"
+            f"frame {info.frame}: compression {_shown(info.compression)} is not "
+            "supported (expected 'none')"
         )
     if info.type not in SUPPORTED_TYPES:
         raise UnsupportedEncodingError(
-            f"frame {info.frame}: spectra type {info.type!r:.40} is not supported "
+            f"frame {info.frame}: spectra type {_shown(info.type)} is not supported "
             f"(expected one of {', '.join(sorted(SUPPORTED_TYPES))})"
         )
     shape = info.shape
@@ -219,6 +255,8 @@ class StreamDecoder:
         self._image_layout: tuple[np.dtype[Any], tuple[int, int], int] | None = None
         self._data: memoryview | None = None
         self.frames_decoded = 0
+        #: Decodes the metadata pickles (fast once their layout repeats).
+        self.metadata_decoder = MetadataDecoder()
 
     # -- public --------------------------------------------------------------
     def feed(self, message: Sequence[Part]) -> list[Packet]:
@@ -251,10 +289,13 @@ class StreamDecoder:
             self._resync(f"multipart message interrupted legacy frame {what}")
         info = parse_json_part(parts[0])
         if not isinstance(info, ImageMessage):
-            raise ProtocolError(
+            msg = (
                 f"{info.htype} packet sent with {len(parts) - 1} extra part(s); "
-                "expected a single-part message"
+                f"expected a single-part message: the whole {len(parts)}-part "
+                f"message was ignored (the {info.htype} was not applied)"
             )
+            self.tracker.report("malformed_message", msg)
+            raise ProtocolError(msg)
         if len(parts) != 3:
             raise MissingPartError(
                 f"frame {info.frame}: multipart message has {len(parts)} parts, "
@@ -361,7 +402,9 @@ class StreamDecoder:
                     f"expected {nbytes} (shape {list(shape)} x {info.type})"
                 )
             spectra = np.frombuffer(data, dtype=dtype).reshape(shape)
-            arrays = decode_metadata(meta)
+            # Read-only even when the buffer is writable (zmq.Frame, bytearray).
+            spectra.flags.writeable = False
+            arrays = self.metadata_decoder.decode(meta)
             metadata = self._name_metadata(info, arrays, shape[0])
         except ProtocolError as exc:
             self.tracker.report(

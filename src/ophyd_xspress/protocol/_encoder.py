@@ -67,6 +67,11 @@ class StreamEncoder:
             raise ValueError(
                 f"framing must be 'legacy' or 'multipart', not {framing!r}"
             )
+        if pickle_protocol not in (3, 4):
+            raise ValueError(
+                "pickle_protocol must be 3 or 4 (what the detector sends), "
+                f"not {pickle_protocol!r}"
+            )
         self.framing: Framing = framing
         self.pickle_protocol = pickle_protocol
         compact = framing == "legacy" if compact_json is None else compact_json

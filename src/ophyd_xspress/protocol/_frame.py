@@ -23,7 +23,9 @@ class Frame:
     """One frame of one series, as assembled by :class:`StreamDecoder`.
 
     ``spectra`` is a read-only ``(channels, bins)`` view on the received buffer
-    (no copy). ``metadata`` holds every array of the metadata pickle by name, in
+    (no copy; read-only even when that buffer is writable, such as a
+    ``zmq.Frame`` or a ``bytearray``). ``metadata`` holds every array of the
+    metadata pickle, read-only too, by name, in
     the order sent: the eight scalers (``output_count_rate``, ``all_events``,
     ``all_good``, ``clock_ticks``, ``total_ticks``, ``reset_ticks``,
     ``event_width``, ``dead_time_correction``), ``window_counts`` when the

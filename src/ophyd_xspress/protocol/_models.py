@@ -15,12 +15,13 @@ lost when a packet is re-encoded.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "DEFAULT_SCALER_NAMES",
+    "MAX_FRAME_NUMBER",
     "HeaderMessage",
     "ImageMessage",
     "JsonMessage",
@@ -28,6 +29,10 @@ __all__ = [
     "RoiWindows",
     "SeriesEndMessage",
 ]
+
+#: Frame numbers are accepted below this (the device's counter is 32-bit; the
+#: bound keeps every frame number a machine-sized integer downstream).
+MAX_FRAME_NUMBER: Final = 2**63
 
 #: Names of the per-channel metadata arrays when the header has no ``extra_tags``.
 DEFAULT_SCALER_NAMES: tuple[str, ...] = (
@@ -43,12 +48,19 @@ DEFAULT_SCALER_NAMES: tuple[str, ...] = (
 
 
 class RoiWindow(BaseModel):
-    """One hardware ROI window of one channel: inclusive bin indices."""
+    """One hardware ROI window of one channel: inclusive bin indices,
+    ``0 <= low <= high``."""
 
     model_config = ConfigDict(frozen=True)
 
-    low: int
-    high: int
+    low: int = Field(ge=0)
+    high: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RoiWindow:
+        if self.low > self.high:
+            raise ValueError(f"window low {self.low} > high {self.high}")
+        return self
 
 
 class RoiWindows(BaseModel):
@@ -61,14 +73,35 @@ class RoiWindows(BaseModel):
 
     windows: tuple[tuple[RoiWindow, ...], ...]
 
+    @model_validator(mode="after")
+    def _same_channels(self) -> RoiWindows:
+        counts = {len(window) for window in self.windows}
+        if len(counts) > 1:
+            raise ValueError(
+                "limits windows have different numbers of channels: "
+                f"{[len(window) for window in self.windows]}"
+            )
+        return self
+
     @classmethod
     def from_wire(cls, value: object) -> RoiWindows:
+        """Parse ``[[[lo, hi], ...channels], ...windows]``; raise ValueError.
+
+        Every window must list the same channels, each ``0 <= lo <= hi``.
+        """
         if not isinstance(value, list | tuple):
-            raise ValueError(f"limits must be a list of windows, got {value!r:.80}")
+            raise ValueError(
+                f"limits must be a list of windows, got {type(value).__name__}"
+            )
         windows: list[tuple[RoiWindow, ...]] = []
         for w, window in enumerate(value):
             if not isinstance(window, list | tuple):
                 raise ValueError(f"limits[{w}] must be a list of channels")
+            if w and len(window) != len(value[0]):
+                raise ValueError(
+                    f"limits[{w}] has {len(window)} channels, limits[0] has "
+                    f"{len(value[0])}: every window must list every channel"
+                )
             chans: list[RoiWindow] = []
             for c, pair in enumerate(window):
                 if (
@@ -78,11 +111,21 @@ class RoiWindows(BaseModel):
                         isinstance(x, int) and not isinstance(x, bool) for x in pair
                     )
                 ):
-                    raise ValueError(
-                        f"limits[{w}][{c}] must be [low, high] integers, "
-                        f"got {pair!r:.40}"
+                    shown = (
+                        f"{type(pair).__name__} of {len(pair)} items"
+                        if isinstance(pair, list | tuple)
+                        else type(pair).__name__
                     )
-                chans.append(RoiWindow(low=pair[0], high=pair[1]))
+                    raise ValueError(
+                        f"limits[{w}][{c}] must be [low, high] integers, got {shown}"
+                    )
+                low, high = pair
+                if low < 0 or low > high:
+                    raise ValueError(
+                        f"limits[{w}][{c}] must have 0 <= low <= high, got "
+                        f"[{low}, {high}]"
+                    )
+                chans.append(RoiWindow(low=low, high=high))
             windows.append(tuple(chans))
         return cls(windows=tuple(windows))
 
@@ -147,7 +190,7 @@ class ImageMessage(_Message):
     """
 
     htype: Literal["image"] = "image"
-    frame: int = Field(ge=0)
+    frame: int = Field(ge=0, lt=MAX_FRAME_NUMBER)
     shape: tuple[int, ...]
     exptime: float | None = None
     type: str = "uint32"

@@ -87,8 +87,10 @@ def dead_time(
     events = _f64(all_events)
     good = _f64(all_good)
     ticks = _f64(clock_ticks)
-    dead = events * (_f64(event_width) + 1.0) + _f64(reset_ticks)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # NaN / inf results are flagged (``invalid``) and warned about once, below;
+    # numpy's own floating-point warnings would only repeat that, noisily.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        dead = events * (_f64(event_width) + 1.0) + _f64(reset_ticks)
         live_ticks = ticks - dead
         dtc = np.where(live_ticks > 0, ticks / live_ticks, np.inf)
         dtc = np.where(ticks > 0, dtc, np.nan)
@@ -151,16 +153,21 @@ def correct(counts: npt.ArrayLike, dtc: npt.ArrayLike) -> F64:
     d = _f64(dtc)
     if c.ndim == d.ndim + 1:
         d = d[..., np.newaxis]
-    return c * d
+    # An undefined dtc (NaN, or inf when saturated) was flagged by dead_time();
+    # 0 * inf = NaN here, silently.
+    with np.errstate(invalid="ignore", over="ignore"):
+        return c * d
 
 
-def roi_sums(spectra: npt.ArrayLike, windows: npt.ArrayLike) -> npt.NDArray[np.uint64]:
+def roi_sums(spectra: npt.ArrayLike, windows: npt.ArrayLike) -> npt.NDArray[Any]:
     """Sum counts in inclusive bin windows.
 
     ``spectra``: ``(..., channels, bins)``. ``windows``: ``(rois, 2)`` applied to
     every channel, or ``(channels, rois, 2)`` per channel, each ``[low, high]``
-    inclusive. Returns ``(..., channels, rois)`` as uint64 (float64 if the
-    spectra are floating point).
+    inclusive. Returns ``(..., channels, rois)``: uint64 for unsigned integer
+    (and bool) spectra, int64 for signed ones, float64 / complex128 for floating
+    point / complex spectra (where an inf or NaN bin gives an inf or NaN sum,
+    without numpy warnings).
     """
     s = np.asarray(spectra)
     w = np.asarray(windows)
@@ -182,11 +189,26 @@ def roi_sums(spectra: npt.ArrayLike, windows: npt.ArrayLike) -> npt.NDArray[np.u
         raise ValueError(
             f"windows must be integer [low, high] with 0 <= low <= high < {bins}"
         )
-    acc = np.float64 if s.dtype.kind in "fc" else np.uint64
-    cs = np.zeros((*s.shape[:-1], bins + 1), dtype=acc)
-    np.cumsum(s, axis=-1, dtype=acc, out=cs[..., 1:])
     lo = w[..., 0].astype(np.intp)
     hi = w[..., 1].astype(np.intp) + 1
+    kind = s.dtype.kind
+    if kind in "fc":
+        # Exact slice sums: a running sum would turn inf - inf into NaN and lose
+        # precision. (Floating-point spectra are rare: the device sends uint32.)
+        acc = np.complex128 if kind == "c" else np.float64
+        out_f = np.zeros((*s.shape[:-1], lo.shape[-1]), dtype=acc)
+        with np.errstate(invalid="ignore", over="ignore"):
+            for c in range(channels):
+                for r in range(lo.shape[-1]):
+                    out_f[..., c, r] = s[..., c, lo[c, r] : hi[c, r]].sum(
+                        axis=-1, dtype=acc
+                    )
+        return out_f
+    # Integers: differences of a running sum, exact (modulo 2**64, unreachable
+    # with 32-bit counts).
+    acc = np.int64 if kind == "i" else np.uint64
+    cs = np.zeros((*s.shape[:-1], bins + 1), dtype=acc)
+    np.cumsum(s, axis=-1, dtype=acc, out=cs[..., 1:])
     idx_shape = (1,) * (s.ndim - 2) + lo.shape
     hi_vals = np.take_along_axis(
         cs, np.broadcast_to(hi.reshape(idx_shape), (*s.shape[:-2], *hi.shape)), axis=-1

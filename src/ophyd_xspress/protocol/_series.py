@@ -28,17 +28,36 @@ AnomalyKind = Literal[
     "frame_outside_series",
     "resync",
     "bad_frame",
+    "malformed_message",
 ]
 
 #: Anomalies kept in detail per tracker (counts are always complete).
 MAX_KEPT_ANOMALIES: Final = 10_000
+#: Missing frame numbers listed per series; beyond, gaps are only counted (a
+#: garbled frame number must not make the tracker materialise a huge range).
+MAX_PENDING_MISSING: Final = 100_000
+
+
+def _plural(n: int) -> str:
+    return f"{n} frame" if n == 1 else f"{n} frames"
+
+
+def _span(start: int, stop: int) -> str:
+    """The inclusive range ``start..stop`` as ``"a"`` or ``"a-b"``."""
+    return f"{start}" if start == stop else f"{start}-{stop}"
 
 
 def format_ranges(frames: list[int] | tuple[int, ...], limit: int = 12) -> str:
-    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``; long lists are elided."""
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``; long lists are elided.
+
+    At most ``limit`` ranges are shown (the first and last halves, ``...``
+    between); ``limit <= 0`` gives just the count, e.g. ``"4 frames"``.
+    """
     if not frames:
         return ""
     values = sorted(set(frames))
+    if limit <= 0:
+        return _plural(len(values))
     parts: list[str] = []
     start = prev = values[0]
     for v in values[1:]:
@@ -49,7 +68,9 @@ def format_ranges(frames: list[int] | tuple[int, ...], limit: int = 12) -> str:
         start = prev = v
     parts.append(f"{start}-{prev}" if prev != start else f"{start}")
     if len(parts) > limit:
-        parts = [*parts[: limit // 2], "...", *parts[-limit // 2 :]]
+        head = limit // 2
+        tail = limit - head
+        parts = [*parts[:head], "...", *parts[-tail:]]
     return ", ".join(parts)
 
 
@@ -75,14 +96,23 @@ class SeriesState:
     closed: bool = False
     end_count: int = 0
     seen: set[int] = field(default_factory=set)
+    #: Missing frame numbers, listed (at most :data:`MAX_PENDING_MISSING`).
     pending_missing: set[int] = field(default_factory=set)
+    #: Missing frames beyond the listed ones: counted, not listed.
+    unlisted_missing: int = 0
     counts: Counter[str] = field(default_factory=Counter)
     repeated_frames: list[int] = field(default_factory=list)
     out_of_order_frames: list[int] = field(default_factory=list)
 
     @property
     def missing_frames(self) -> list[int]:
+        """The listed missing frames (see :attr:`missing_count` for all)."""
         return sorted(self.pending_missing)
+
+    @property
+    def missing_count(self) -> int:
+        """How many frames are missing so far, listed or not."""
+        return len(self.pending_missing) + self.unlisted_missing
 
 
 class SeriesTracker:
@@ -103,7 +133,13 @@ class SeriesTracker:
         frames: tuple[int, ...] = (),
         series: SeriesState | None = None,
         level: int = logging.WARNING,
+        count: int | None = None,
     ) -> Anomaly:
+        """Record, count and log one anomaly.
+
+        ``count`` is how much it adds to the counts (default: the number of
+        ``frames`` for ``missing``, else 1).
+        """
         target = series if series is not None else self.current
         anomaly = Anomaly(
             kind=kind,
@@ -111,9 +147,11 @@ class SeriesTracker:
             frames=frames,
             message=message,
         )
-        self.counts[kind] += max(1, len(frames)) if kind == "missing" else 1
+        if count is None:
+            count = max(1, len(frames)) if kind == "missing" else 1
+        self.counts[kind] += count
         if target is not None:
-            target.counts[kind] += max(1, len(frames)) if kind == "missing" else 1
+            target.counts[kind] += count
         self.anomalies.append(anomaly)
         self.log.log(level, "%s", message)
         return anomaly
@@ -178,7 +216,12 @@ class SeriesTracker:
                 frames=(frame,),
             )
         elif frame < cur.highest_frame:
-            cur.pending_missing.discard(frame)
+            # Every frame below the highest that was not seen is missing: listed,
+            # or one of the unlisted ones.
+            if frame in cur.pending_missing:
+                cur.pending_missing.discard(frame)
+            elif cur.unlisted_missing > 0:
+                cur.unlisted_missing -= 1
             cur.out_of_order_frames.append(frame)
             self.report(
                 "out_of_order",
@@ -187,14 +230,25 @@ class SeriesTracker:
                 frames=(frame,),
             )
         elif frame > cur.highest_frame + 1:
-            gap = range(cur.highest_frame + 1, frame)
-            if len(gap) <= 1_000_000:
-                cur.pending_missing.update(gap)
+            # Only ints here, never range(): the gap can exceed sys.maxsize.
+            start, stop = cur.highest_frame + 1, frame - 1
+            size = stop - start + 1
+            room = MAX_PENDING_MISSING - len(cur.pending_missing)
+            if size <= room:
+                cur.pending_missing.update(range(start, frame))
+                note = ""
+            else:
+                cur.unlisted_missing += size
+                note = (
+                    f" ({_plural(size)}, too many to list: counted only, "
+                    f"{cur.unlisted_missing} unlisted so far)"
+                )
             self.log.warning(
-                "series %d: frames %s not received before frame %d",
+                "series %d: frames %s not received before frame %d%s",
                 cur.index,
-                format_ranges(list(gap)) if len(gap) < 10_000 else f"{gap.start}-...",
+                _span(start, stop),
                 frame,
+                note,
             )
         cur.seen.add(frame)
         cur.highest_frame = max(cur.highest_frame, frame)
@@ -205,14 +259,22 @@ class SeriesTracker:
         if state.closed:
             return
         state.closed = True
-        if state.pending_missing:
+        total = state.missing_count
+        if total:
             frames = tuple(sorted(state.pending_missing))
+            listed = format_ranges(frames)
+            if state.unlisted_missing:
+                listed = (
+                    f"{listed} and {state.unlisted_missing} more (not listed)"
+                    if listed
+                    else f"{state.unlisted_missing} (too many to list)"
+                )
             self.report(
                 "missing",
-                f"series {state.index}: {len(frames)} frame(s) never received: "
-                f"{format_ranges(list(frames))}",
+                f"series {state.index}: {total} frame(s) never received: {listed}",
                 frames=frames,
                 series=state,
+                count=total,
             )
 
     def finish(self) -> None:

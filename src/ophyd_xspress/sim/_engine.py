@@ -120,6 +120,15 @@ class FaultPlan:
         self._release.set()
 
 
+@dataclass(frozen=True)
+class _SeriesSettings:
+    exptime: float
+    ticks: int
+    count_rate: npt.NDArray[np.float64]
+    event_widths: npt.NDArray[np.int32]
+    windows: npt.NDArray[np.int64]
+
+
 class _Cmd(enum.Enum):
     ARM = enum.auto()
     TRIGGER = enum.auto()
@@ -215,6 +224,7 @@ class SimulatedXspress3:
         self._n_frames_acquired = 0
         self._ready_for_sw_trigger = False
         self._series = -1
+        self._series_settings: dict[int, _SeriesSettings] = {}
         self._ended_series = False
         self._idle = threading.Event()
         self._idle.set()
@@ -368,22 +378,45 @@ class SimulatedXspress3:
             fields["extra_tags"] = WINDOW_TAGS
         return HeaderMessage(**fields)
 
+    def _settings(self) -> _SeriesSettings:
+        exptime, ticks = self.frame_timing()
+        return _SeriesSettings(
+            exptime=exptime,
+            ticks=ticks,
+            count_rate=self.count_rate.copy(),
+            event_widths=self.event_widths.copy(),
+            windows=self.windows.copy(),
+        )
+
     def expected_frame(
         self, series: int, frame: int, clock_ticks: int | None = None
     ) -> Frame:
-        """Frame ``frame`` of series ``series`` exactly as the simulator sends it
-        (internally timed frames; pass ``clock_ticks`` for gated ones)."""
-        exptime, ticks = self.frame_timing()
-        if clock_ticks is not None:
-            ticks = clock_ticks
+        """Frame ``frame`` of series ``series`` exactly as the simulator sends it,
+        with the settings that series was armed with (pass ``clock_ticks`` for
+        gated frames)."""
+        settings = self._series_settings.get(series) or self._settings()
+        return self._make_frame(settings, series, frame, clock_ticks)
+
+    def _make_frame(
+        self,
+        settings: _SeriesSettings,
+        series: int,
+        frame: int,
+        clock_ticks: int | None,
+    ) -> Frame:
+        ticks = settings.ticks if clock_ticks is None else clock_ticks
         rng = np.random.default_rng((self.seed, series, frame))
         sim = simulate_frame(
-            rng, self._prepared, self.count_rate, ticks, self.event_widths
+            rng, self._prepared, settings.count_rate, ticks, settings.event_widths
         )
-        arrays = sim.scaler_list(self.windows if self.framing == "multipart" else None)
-        names = WINDOW_TAGS if self.framing == "multipart" else DEFAULT_SCALER_NAMES
+        multipart = self.framing == "multipart"
+        arrays = sim.scaler_list(settings.windows if multipart else None)
+        names = WINDOW_TAGS if multipart else DEFAULT_SCALER_NAMES
         return make_frame(
-            frame, sim.spectra, dict(zip(names, arrays, strict=True)), exptime=exptime
+            frame,
+            sim.spectra,
+            dict(zip(names, arrays, strict=True)),
+            exptime=settings.exptime,
         )
 
     # -- worker ------------------------------------------------------------------
@@ -465,6 +498,9 @@ class SimulatedXspress3:
     def _acquire(self) -> None:
         self._series += 1
         series = self._series
+        settings = self._settings()
+        self._series_settings[series] = settings
+        self._series_settings.pop(series - 1000, None)
         plan = self.faults
         if plan.stall_after is not None:
             plan._release.clear()
@@ -490,7 +526,7 @@ class SimulatedXspress3:
                         ticks = max(1, min(int((t1 - t0) * CLOCK_HZ), 2**32 - 1))
                     elif self.pace:
                         self._sleep_until(t0 + (k + 1) * exposure)
-                    frame = self.expected_frame(series, number, ticks)
+                    frame = self._make_frame(settings, series, number, ticks)
                     self._emit(frame, number)
                     number += 1
                     self._n_frames_acquired = number
