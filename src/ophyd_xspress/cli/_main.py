@@ -17,6 +17,7 @@ __all__ = ["main"]
 
 #: subcommand -> (module, help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("._demo", "run the simulator demo: count, fly scan, catalog, plots"),
     "inspect": ("._inspect", "summarise a recorded stream capture (.cbors)"),
     "replay": ("._replay", "send a recorded capture on a ZeroMQ socket"),
     "sim": ("._sim", "run the simulated Xspress3 (stream, optional Tango device)"),

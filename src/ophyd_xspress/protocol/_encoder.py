@@ -67,15 +67,24 @@ class StreamEncoder:
             raise ValueError(
                 f"framing must be 'legacy' or 'multipart', not {framing!r}"
             )
-        if pickle_protocol not in (3, 4):
-            raise ValueError(
-                "pickle_protocol must be 3 or 4 (what the detector sends), "
-                f"not {pickle_protocol!r}"
-            )
         self.framing: Framing = framing
         self.pickle_protocol = pickle_protocol
         compact = framing == "legacy" if compact_json is None else compact_json
         self._separators = (",", ":") if compact else (", ", ": ")
+
+    @property
+    def pickle_protocol(self) -> int:
+        """3 or 4, as on the device; checked when set, not at the first frame."""
+        return self._pickle_protocol
+
+    @pickle_protocol.setter
+    def pickle_protocol(self, value: int) -> None:
+        if value not in (3, 4) or isinstance(value, bool):
+            raise ValueError(
+                "pickle_protocol must be 3 or 4 (what the detector sends), "
+                f"not {value!r}"
+            )
+        self._pickle_protocol = value
 
     def _json(self, obj: dict[str, object]) -> bytes:
         return json.dumps(obj, separators=self._separators).encode()

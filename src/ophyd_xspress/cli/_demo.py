@@ -1,0 +1,49 @@
+"""``ophyd-xspress demo``: the simulator, a count, a fly scan, a table and plots."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--channels", type=int, default=4, help="1..8 (default 4)")
+    parser.add_argument("--points", type=int, default=5, help="count points")
+    parser.add_argument("--frames", type=int, default=500, help="fly-scan frames")
+    parser.add_argument(
+        "--exposure", type=float, default=0.05, help="count exposure (s)"
+    )
+    parser.add_argument(
+        "--fly-exposure", type=float, default=0.002, help="fly-scan frame time (s)"
+    )
+    parser.add_argument(
+        "--output", default="xspress-demo", help="folder for the PNG plots"
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="catalog + HDF5 folder (default: the user data dir)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
+
+    if not 1 <= args.channels <= 8:
+        print("ophyd-xspress demo: error: --channels must be 1..8", file=sys.stderr)
+        return 2
+    result = run_demo(
+        channels=args.channels,
+        points=args.points,
+        frames=args.frames,
+        exposure=args.exposure,
+        fly_exposure=args.fly_exposure,
+        output=args.output,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+    )
+    print(f"done in {result.seconds:.1f} s")
+    return 0
