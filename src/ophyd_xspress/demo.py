@@ -100,7 +100,7 @@ def run_demo(
     try:
         RE.subscribe(catalog.writer)
         if progress:
-            RE.waiting_hook = ProgressBarManager()
+            RE.waiting_hook = ProgressBarManager()  # pyright: ignore[reportAttributeAccessIssue]
         with XspressSimulator(channels=channels, count_rate=3e5) as sim:
             print(
                 f"simulator: stream {sim.stream_endpoint}, Tango {sim.tango_trl}",

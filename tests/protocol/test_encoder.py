@@ -172,6 +172,21 @@ def test_bad_encoder_settings():
         StreamEncoder("bundled")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("protocol", [0, 2, 5, -1])
+def test_pickle_protocol_is_checked_at_construction(protocol):
+    with pytest.raises(ValueError, match="pickle_protocol must be 3 or 4") as info:
+        StreamEncoder("multipart", pickle_protocol=protocol)
+    assert str(info.value) == (
+        f"pickle_protocol must be 3 or 4 (what the detector sends), not {protocol}"
+    )
+    encoder = StreamEncoder("multipart")
+    with pytest.raises(ValueError, match="pickle_protocol must be 3 or 4"):
+        encoder.pickle_protocol = protocol
+    assert encoder.pickle_protocol == 4
+    encoder.pickle_protocol = 3
+    assert encoder.pickle_protocol == 3
+
+
 # -- the real captures ---------------------------------------------------------
 @pytest.mark.parametrize(
     ("capture", "framing", "protocol"),

@@ -18,6 +18,7 @@ import pytest
 
 from ophyd_xspress.protocol import (
     MAX_METADATA_BYTES,
+    MetadataDecoder,
     ProtocolError,
     UnsafeMetadataError,
     _metadata,
@@ -567,8 +568,11 @@ def test_only_a_list_of_arrays_is_accepted(obj, fragment):
 
 
 def test_a_bare_array_is_not_a_list():
-    with pytest.raises(UnsafeMetadataError, match="expected a list of arrays"):
+    with pytest.raises(UnsafeMetadataError) as info:
         decode_metadata(pickle.dumps(np.arange(3), protocol=4))
+    assert str(info.value) == (
+        "metadata pickle holds a numpy array, expected a list of arrays"
+    )
 
 
 def test_a_tuple_of_arrays_and_an_empty_list_are_accepted():
@@ -657,7 +661,7 @@ def test_protocol_errors_are_value_errors():
     assert issubclass(ProtocolError, ValueError)
 
 
-# -- hardening gaps (src bugs, see the reasons) --------------------------------
+# -- hardening: the restricted pickle VM ----------------------------------------
 def _nested_tuple_bomb(depth: int) -> bytes:
     """A tuple DAG whose repr doubles at each level: ~150 bytes, 2**depth repr."""
     out = b")\x940"  # (), memo 0
@@ -667,19 +671,20 @@ def _nested_tuple_bomb(depth: int) -> bytes:
     return out + b"h" + bytes([depth])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: _metadata.py formats untrusted pickle values with {!r:.80} "
-        "(_ArrayStandIn.__setstate__, _DtypeStandIn.__init__/__setstate__, "
-        "_reconstruct, _build_array): the full repr is computed before truncation, "
-        "so a ~150-byte pickle with a shared tuple DAG takes time/memory 2**depth"
-    ),
-)
+def _nested_tuple_bomb_without_pop(depth: int) -> bytes:
+    """The same DAG with allowed opcodes only (POP is refused on sight)."""
+    out = b")\x94"  # (), memo 0
+    for k in range(depth):
+        out += b"h" + bytes([k]) + b"\x86\x94"  # (t_k, t_k), memo k+1
+    return out
+
+
+@pytest.mark.parametrize("depth", [23, 200])
+@pytest.mark.parametrize("pops", [True, False], ids=["with-POP", "without-POP"])
 @pytest.mark.parametrize("site", ["array state", "dtype name"])
-def test_exponential_repr_bomb_is_refused_quickly(site):
-    depth = 23  # about 1.5 s and 100 MB today; each extra level doubles it
-    bomb = _nested_tuple_bomb(depth)
+def test_exponential_repr_bomb_is_refused_quickly(site, pops, depth):
+    # depth 23 took about 1.5 s and 100 MB with repr(); 200 would never end.
+    bomb = _nested_tuple_bomb(depth) if pops else _nested_tuple_bomb_without_pop(depth)
     if site == "array state":
         body = (
             op_global("numpy.core.multiarray", "_reconstruct")
@@ -693,51 +698,140 @@ def test_exponential_repr_bomb_is_refused_quickly(site):
     else:
         body = op_global("numpy", "dtype") + bomb + b"\x85R"
     data = list_pickle(body, proto=4)
-    assert len(data) < 300
+    assert len(data) < 2000
     start = time.perf_counter()
-    with pytest.raises(UnsafeMetadataError):
+    with pytest.raises(ProtocolError) as info:
         decode_metadata(data)
     assert time.perf_counter() - start < 0.2
+    if pops:
+        assert "POP (0x30)" in str(info.value)
+    else:
+        assert isinstance(info.value, UnsafeMetadataError)
+        assert "tuple of 2 items" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: _metadata.py find_class hands out the module-level functions "
-        "_reconstruct/_frombuffer themselves, and BUILD on them is not refused: a "
-        "network pickle can set attributes (even __defaults__) on them, process-wide"
-    ),
-)
-def test_build_on_a_global_is_refused():
+_GLOBAL_NAMES = [
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+]
+
+
+@pytest.mark.parametrize(("module", "name"), _GLOBAL_NAMES)
+@pytest.mark.parametrize("state", ["dict", "tuple"])
+def test_build_on_a_global_is_refused(module, name, state):
     marker = "ophyd_xspress_test_marker"
-    data = (
-        b"\x80\x02"
-        + op_global("numpy.core.multiarray", "_reconstruct")
-        + b"}"
-        + op_str(marker)
-        + b"\x88s"  # {marker: True}
-        + b"b0]."  # BUILD, POP, return []
+    if state == "dict":
+        build_state = b"}" + op_str(marker) + b"\x88s"  # {marker: True}
+    else:
+        build_state = op_tuple(op_str(marker), b"\x88")  # (marker, True)
+    data = b"\x80\x02" + op_global(module, name) + build_state + b"b]."
+    with pytest.raises(UnsafeMetadataError) as info:
+        decode_metadata(data)
+    if state == "dict":
+        assert "EMPTY_DICT (0x7d) at offset" in str(info.value)
+    else:
+        assert "BUILD" in str(info.value)
+        assert "the global" in str(info.value)
+    assert marker not in str(info.value)
+
+
+def test_globals_resolve_to_inert_tokens():
+    """What a global resolves to is not a function and holds no state to mutate."""
+    for key, token in _metadata._GLOBALS.items():
+        assert key in _GLOBAL_NAMES
+        assert not callable(token)
+        assert not hasattr(token, "__dict__")
+        with pytest.raises(AttributeError):
+            token.__defaults__ = (1,)  # type: ignore[attr-defined]
+    assert set(_metadata._GLOBALS) == set(_GLOBAL_NAMES)
+
+
+def test_reduce_only_calls_the_allowed_stand_ins():
+    """REDUCE on ndarray (a type, not a callable here) or on a built array."""
+    on_ndarray = list_pickle(op_global("numpy", "ndarray") + op_tuple() + b"R")
+    with pytest.raises(UnsafeMetadataError, match=r"calls the global numpy\.ndarray"):
+        decode_metadata(on_ndarray)
+    on_array = list_pickle(op_array((1,), "u4", b"\0" * 4) + op_tuple() + b"R")
+    with pytest.raises(UnsafeMetadataError, match="calls a numpy array"):
+        decode_metadata(on_array)
+    on_list = b"\x80\x04]" + op_tuple() + b"R."
+    with pytest.raises(UnsafeMetadataError, match="calls list"):
+        decode_metadata(on_list)
+
+
+def test_build_applies_once_and_only_to_arrays_and_dtypes():
+    array = op_array((1,), "u4", b"\0" * 4)
+    state = op_tuple(
+        op_int(1), op_tuple(op_int(1)), op_dtype("u4"), b"\x89", op_bytes(b"\0" * 4)
     )
-    try:
-        with pytest.raises(UnsafeMetadataError):
-            decode_metadata(data)
-    finally:
-        leaked = _metadata._reconstruct.__dict__.pop(marker, None)
-    assert leaked is None
+    with pytest.raises(UnsafeMetadataError, match="already has data"):
+        decode_metadata(list_pickle(array + state + b"b"))
+    dtype_twice = list_pickle(
+        op_array(
+            (1,),
+            "u4",
+            b"\0" * 4,
+            dtype_ops=op_dtype("u4") + op_tuple(*[b"N"] * 8) + b"b",
+        )
+    )
+    with pytest.raises(UnsafeMetadataError, match="BUILD twice to one dtype"):
+        decode_metadata(dtype_twice)
+    on_list = b"\x80\x04]" + op_tuple() + b"b."
+    with pytest.raises(UnsafeMetadataError, match="BUILD to list"):
+        decode_metadata(on_list)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: decode_metadata lets the C unpickler pre-allocate the length a "
-        "BINBYTES8/BYTEARRAY8 opcode declares: a 14-byte pickle allocates 1 GiB "
-        "(MAX_METADATA_BYTES does not bound memory)"
-    ),
+def test_one_byte_string_cannot_be_code_and_data():
+    """The b'b' code of _reconstruct, memoized, reused as a 1-byte array's data."""
+    body = (
+        op_global("numpy.core.multiarray", "_reconstruct")
+        + op_global("numpy", "ndarray")
+        + op_tuple(op_int(0))
+        + op_bytes(b"b")
+        + b"\x94"  # MEMOIZE as 0
+        + b"\x87R"
+        + op_tuple(op_int(1), op_tuple(op_int(1)), op_dtype("u1"), b"\x89", b"h\x00")
+        + b"b"
+    )
+    with pytest.raises(UnsafeMetadataError, match="array data and as code"):
+        decode_metadata(list_pickle(body, proto=4))
+
+
+@pytest.mark.parametrize(
+    ("opcode", "width", "declared"),
+    [
+        (b"\x8e", 8, 1 << 30),  # BINBYTES8
+        (b"\x96", 8, 1 << 30),  # BYTEARRAY8
+        (b"\x8d", 8, 1 << 30),  # BINUNICODE8
+        (b"\x96", 8, (1 << 64) - 1),  # BYTEARRAY8
+        (b"\x95", 8, 1 << 62),  # FRAME
+        (b"B", 4, (1 << 32) - 1),  # BINBYTES
+        (b"X", 4, (1 << 32) - 1),  # BINUNICODE
+        (b"C", 1, 255),  # SHORT_BINBYTES
+        (b"\x8c", 1, 255),  # SHORT_BINUNICODE
+    ],
+    ids=[
+        "BINBYTES8",
+        "BYTEARRAY8",
+        "BINUNICODE8",
+        "BYTEARRAY8-max",
+        "FRAME",
+        "BINBYTES",
+        "BINUNICODE",
+        "SHORT_BINBYTES",
+        "SHORT_BINUNICODE",
+    ],
 )
-@pytest.mark.parametrize("opcode", [b"\x8e", b"\x96"], ids=["BINBYTES8", "BYTEARRAY8"])
-def test_declared_length_does_not_allocate(opcode):
-    data = b"\x80\x05" + opcode + struct.pack("<Q", 1 << 30) + b"abc"
-    assert len(data) == 14
+@pytest.mark.parametrize("where", ["top", "in-list"])
+def test_declared_length_does_not_allocate(opcode, width, declared, where):
+    length = declared.to_bytes(width, "little")
+    prefix = b"\x80\x05" if where == "top" else b"\x80\x05](N"
+    data = prefix + opcode + length + b"abc"
+    assert len(data) < 25
     tracemalloc.start()
     try:
         with pytest.raises(ProtocolError) as info:
@@ -745,8 +839,487 @@ def test_declared_length_does_not_allocate(opcode):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert "MemoryError" not in str(info.value)
-    assert peak < 10 * 1024 * 1024
+    message = str(info.value)
+    assert "MemoryError" not in message
+    assert peak < 1024 * 1024
+    if opcode in (b"\x8e", b"\x8d"):  # not in the allowlist at all
+        assert isinstance(info.value, UnsafeMetadataError)
+        assert f"({opcode[0]:#04x}) at offset {len(prefix)} is not allowed" in message
+    else:
+        assert f"declares {declared} bytes, 3 remain" in message
+
+
+def test_bytearray8_within_the_pickle_is_accepted():
+    """Protocol 5 writes in-band buffers of writable arrays as BYTEARRAY8."""
+    raw = np.arange(4, dtype="<u4").tobytes()
+    body = (
+        op_stack_global("numpy._core.numeric", "_frombuffer")
+        + op_tuple(
+            b"\x96" + struct.pack("<Q", len(raw)) + raw,
+            op_stack_global("numpy", "dtype")
+            + op_tuple(op_str("u4"), b"\x89", b"\x88")
+            + b"R",
+            op_tuple(op_int(2), op_int(2)),
+            op_str("F"),
+        )
+        + b"R"
+    )
+    (arr,) = decode_metadata(list_pickle(body, proto=5))
+    assert arr.tolist() == [[0, 2], [1, 3]]
+    assert arr.flags.f_contiguous
+    assert not arr.flags.writeable
+
+
+def _lowered_recursion_limit(extra: int = 60):
+    """A context manager: the recursion limit just above the current depth."""
+    import contextlib
+    import sys
+
+    @contextlib.contextmanager
+    def manager():
+        depth, frame = 0, sys._getframe()
+        while frame is not None:
+            depth, frame = depth + 1, frame.f_back
+        old = sys.getrecursionlimit()
+        sys.setrecursionlimit(depth + extra)
+        try:
+            yield
+        finally:
+            sys.setrecursionlimit(old)
+
+    return manager()
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"N" + b"\x85" * 10_000, "metadata element 0 is tuple, not a numpy"),
+        (b"]N" + b"\x85" * 10_000 + b"a", "metadata element 0 is tuple"),
+        (b"N" + b"\x85" * 20_000, "more than 16384 opcodes"),
+        (b"(" * 1_000, "nests more than 32 MARKs"),
+        (b"]" * 1_100 + b"a" * 1_099, "stack exceeds 1024 items"),
+        (b"]" * 2_000, "stack exceeds 1024 items"),
+        (b"N" * 5_000, "stack exceeds 1024 items"),
+        (b"]" + b"Na" * 2_000, "list exceeds 1024 items"),
+        (b"](" + b"N" * 1_000 + b"e(" + b"N" * 100 + b"e", "list exceeds 1024"),
+    ],
+    ids=[
+        "nested-tuples",
+        "nested-tuple-element",
+        "opcode-budget",
+        "marks",
+        "nested-lists",
+        "lists",
+        "stack",
+        "append",
+        "appends",
+    ],
+)
+def test_deep_nesting_and_floods_are_bounded(body, fragment):
+    data = b"\x80\x04" + body + b"."
+    start = time.perf_counter()
+    with _lowered_recursion_limit(), pytest.raises(UnsafeMetadataError) as info:
+        decode_metadata(data)
+    assert time.perf_counter() - start < 0.5
+    assert fragment in str(info.value)
+    assert "nests too deeply" not in str(info.value)  # not a RecursionError
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"N" + b"\x94" * 5_000, "memo exceeds 4096 entries"),
+        (
+            b"N" + b"".join(b"r" + struct.pack("<I", k * 7919) for k in range(5_000)),
+            "memo exceeds 4096 entries",
+        ),
+        (b"N" + b"q\x00" * 8_000 + b"h\x00" * 2_000, "stack exceeds"),
+        (b"N" + b"q\x05" * 20_000, "more than 16384 opcodes"),
+    ],
+    ids=["MEMOIZE", "LONG_BINPUT", "BINPUT-BINGET", "BINPUT-same-key"],
+)
+def test_memo_abuse_is_bounded(body, fragment):
+    data = b"\x80\x04" + body + b"."
+    start = time.perf_counter()
+    with pytest.raises(UnsafeMetadataError) as info:
+        decode_metadata(data)
+    assert time.perf_counter() - start < 0.5
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"j" + struct.pack("<I", 1 << 31), "memo entry 2147483648 is missing"),
+        (b"N\x94h\x01", "memo entry 1 is missing"),
+        (b"q\x00", "stack underflow in BINPUT"),
+        (b"\x94", "stack underflow in MEMOIZE"),
+        (b"R", "stack underflow in REDUCE"),
+        (b"NR", "stack underflow in REDUCE"),
+        (b"Nb", "stack underflow in BUILD"),
+        (b"a", "stack underflow in APPEND"),
+        (b"](Na", "stack underflow in APPEND"),  # the list is below the MARK
+        (b"N(N\x86", "stack underflow in TUPLE2"),
+        (b"\x87", "stack underflow in TUPLE3"),
+        (b"N\x93", "stack underflow in STACK_GLOBAL"),
+        (b"t", "TUPLE (0x74) without MARK"),
+        (b"e", "APPENDS (0x65) without MARK"),
+        (b"(e", "stack underflow in APPENDS"),
+        (b"", "STOP with 0 objects on the stack"),
+        (b"NN", "STOP with 2 objects on the stack"),
+        (b"](", "STOP inside an unclosed MARK"),
+    ],
+)
+def test_stack_underflow_and_bad_memo_references_are_corrupt(body, fragment):
+    with pytest.raises(ProtocolError) as info:
+        decode_metadata(b"\x80\x04" + body + b".")
+    assert "corrupt metadata pickle" in str(info.value)
+    assert fragment in str(info.value)
+
+
+def test_bytes_after_stop_are_refused():
+    data = pickle.dumps([np.arange(3)], protocol=4)
+    with pytest.raises(ProtocolError, match="1 bytes after STOP"):
+        decode_metadata(data + b".")
+
+
+@pytest.mark.parametrize("proto", [0, 1, 6, 255])
+def test_unknown_protocol_versions_are_refused(proto):
+    with pytest.raises(ProtocolError, match=f"protocol {proto} is not supported"):
+        decode_metadata(bytes([0x80, proto]) + b"]" + b".")
+
+
+def _refused_opcodes():
+    return [
+        op
+        for op in pickletools.opcodes
+        if ord(op.code) not in _metadata.ALLOWED_OPCODES or op.name == "PROTO"
+    ]
+
+
+def test_the_allowlist_is_what_numpy_array_pickles_use(dump_capture, multipart_capture):
+    used: set[str] = set()
+    pickles = [m[0] for m in dump_capture if m[0][:1] == b"\x80"]
+    pickles += [m[2] for m in multipart_capture if len(m) == 3]
+    for protocol in (3, 4, 5):
+        pickles.append(pickle.dumps(ROUND_TRIP_ARRAYS, protocol=protocol))
+        pickles.append(pickle.dumps(tuple(ROUND_TRIP_ARRAYS), protocol=protocol))
+        pickles.append(pickle.dumps([np.zeros(300)], protocol=protocol))  # BINBYTES
+        pickles.append(pickle.dumps([np.array(2.5)], protocol=protocol))  # 0-d
+    for data in pickles:
+        used |= {op.name for op, _, _ in pickletools.genops(data)}
+        decode_metadata(data)
+    allowed = {_metadata._OPCODE_NAMES[code] for code in _metadata.ALLOWED_OPCODES}
+    assert used <= allowed
+    # Allowed but not written by numpy for these arrays: other encodings of
+    # ints / memo indices / strings that a pickler may choose, and LONG1 (shapes
+    # of 2**31 and more, refused later, with a clear message).
+    assert allowed - used <= {
+        "BININT2",
+        "LONG1",
+        "LONG_BINPUT",
+        "LONG_BINGET",
+        "BINPUT",
+        "BINGET",
+        "BINUNICODE",
+        "GLOBAL",
+        "BYTEARRAY8",
+    }
+
+
+@pytest.mark.parametrize("opcode", _refused_opcodes(), ids=lambda op: op.name)
+@pytest.mark.parametrize("prefix", [b"\x80\x04", b"\x80\x04]("], ids=["top", "nested"])
+def test_every_opcode_outside_the_allowlist_is_refused(opcode, prefix):
+    code = ord(opcode.code)
+    data = prefix + bytes([code]) + b"\x00" * 16 + b"."
+    with pytest.raises(UnsafeMetadataError) as info:
+        decode_metadata(data)
+    message = str(info.value)
+    assert f"opcode {opcode.name} ({code:#04x}) at offset {len(prefix)}" in message
+    assert "is not allowed" in message
+
+
+@pytest.mark.parametrize(
+    "code",
+    sorted(_metadata.ALLOWED_OPCODES - {0x80}),
+    ids=lambda code: _metadata._OPCODE_NAMES[code],
+)
+def test_every_allowed_opcode_is_executed_not_refused(code):
+    """The allowlist and the VM's dispatch agree: an allowed opcode may fail on
+    its operands, never as 'not allowed'."""
+    for data in (
+        b"\x80\x04" + bytes([code]) + b"\x00" * 16 + b".",
+        b"\x80\x04](NN" + bytes([code]) + b"\x01\x00\x00\x00" + b"x\n" * 8,
+    ):
+        message = ""
+        try:
+            decode_metadata(data)
+        except ProtocolError as exc:
+            message = str(exc)
+        assert f"opcode {_metadata._OPCODE_NAMES[code]} (" not in message
+
+
+def test_an_unknown_byte_is_a_corrupt_pickle_naming_the_offset():
+    with pytest.raises(ProtocolError) as info:
+        decode_metadata(b"\x80\x04]\xff.")
+    assert not isinstance(info.value, UnsafeMetadataError)
+    assert "byte 0xff is not a pickle opcode at offset 3" in str(info.value)
+
+
+def test_top_level_containers_are_named_in_the_message():
+    with pytest.raises(UnsafeMetadataError) as info:
+        decode_metadata(pickle.dumps({"all_good": 1}, protocol=4))
+    assert str(info.value).startswith(
+        "metadata pickle holds dict, expected a list of arrays (metadata pickle "
+        "opcode EMPTY_DICT (0x7d) at offset 11 is not allowed"
+    )
+    with pytest.raises(UnsafeMetadataError) as info:
+        decode_metadata(pickle.dumps([{"all_good": 1}], protocol=4))
+    assert "holds dict" not in str(info.value)  # the dict is not the top level
+    assert "EMPTY_DICT (0x7d) at offset 13" in str(info.value)
+
+
+SECRET = "SeCrEt-VaLuE"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # A dtype name that is not a plain identifier (shown by type and length).
+        op_global("numpy", "dtype") + op_tuple(op_str(SECRET * 100)) + b"R",
+        # A dtype "name" that is a tuple holding the secret.
+        op_global("numpy", "dtype") + op_tuple(op_tuple(op_str(SECRET))) + b"R",
+        # An array shape that is a string.
+        op_global("numpy.core.multiarray", "_reconstruct")
+        + op_global("numpy", "ndarray")
+        + op_tuple(op_int(0))
+        + op_bytes(b"b")
+        + b"\x87R"
+        + op_tuple(op_int(1), op_str(SECRET), op_dtype("u4"), b"\x89", op_bytes(b""))
+        + b"b",
+        # An array state of the wrong size, holding the secret.
+        op_global("numpy.core.multiarray", "_reconstruct")
+        + op_global("numpy", "ndarray")
+        + op_tuple(op_int(0))
+        + op_bytes(b"b")
+        + b"\x87R"
+        + op_tuple(op_str(SECRET), op_str(SECRET))
+        + b"b",
+        # _reconstruct with odd arguments.
+        op_global("numpy.core.multiarray", "_reconstruct")
+        + op_global("numpy", "ndarray")
+        + op_tuple(op_str(SECRET))
+        + op_bytes(SECRET.encode())
+        + b"\x87R",
+        # A dtype state with a strange byte order.
+        op_dtype("u4", byteorder=SECRET),
+        # A list element that is a string.
+        op_str(SECRET),
+    ],
+    ids=[
+        "dtype-name",
+        "dtype-tuple",
+        "shape",
+        "array-state",
+        "reconstruct",
+        "byteorder",
+        "element",
+    ],
+)
+def test_messages_never_show_untrusted_values(body):
+    with pytest.raises(UnsafeMetadataError) as info:
+        decode_metadata(list_pickle(body, proto=4))
+    assert SECRET not in str(info.value)
+    assert SECRET[:6] not in str(info.value)
+
+
+def test_arrays_are_read_only_views_of_immutable_bytes(multipart_capture):
+    data = multipart_capture[1][2]
+    for arr in decode_metadata(data):
+        assert not arr.flags.writeable
+        assert np.shares_memory(arr, np.frombuffer(data, np.uint8))
+    mutable = bytearray(data)
+    arrays = decode_metadata(mutable)
+    before = [a.copy() for a in arrays]
+    for arr in arrays:
+        assert not arr.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            arr[...] = 0
+    mutable[:] = b"\0" * len(mutable)  # the caller reuses its buffer
+    for a, b in zip(arrays, before, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+# -- MetadataDecoder: the template fast path -----------------------------------
+def _assert_same_arrays(got, expected):
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        assert a.dtype == b.dtype
+        assert a.shape == b.shape
+        assert a.flags.f_contiguous == b.flags.f_contiguous
+        assert not a.flags.writeable
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("capture", ["dump_capture", "multipart_capture"])
+def test_fast_path_matches_the_full_vm_on_real_captures(request, capture):
+    messages = request.getfixturevalue(capture)
+    if capture == "dump_capture":
+        pickles = [m[0] for m in messages if m[0][:1] == b"\x80"]
+    else:
+        pickles = [m[2] for m in messages if len(m) == 3]
+    decoder = MetadataDecoder()
+    for i, data in enumerate(pickles):
+        got = decoder.decode(data)
+        _assert_same_arrays(got, decode_metadata(data))
+        # the first runs the VM, every later frame is sliced from the template
+        assert (decoder.full_decodes, decoder.fast_hits) == (1, i)
+    # Memoryview / bytearray / zmq-like inputs take the fast path too.
+    for form in (memoryview(pickles[0]), bytearray(pickles[1])):
+        _assert_same_arrays(
+            decoder.decode(form),
+            decode_metadata(pickles[0 if isinstance(form, memoryview) else 1]),
+        )
+    assert decoder.full_decodes == 1
+
+
+def test_fast_path_with_synthetic_arrays_of_every_kind():
+    decoder = MetadataDecoder()
+    rng = np.random.default_rng(5)
+    for protocol in (3, 4, 5):
+        decoder.reset()
+        for k in range(4):
+            arrays = [a.copy() for a in ROUND_TRIP_ARRAYS]
+            arrays[1] = rng.integers(0, 2**32, 4, dtype=np.uint32)
+            arrays[4] = np.asfortranarray(rng.integers(0, 99, (3, 4), dtype=np.uint16))
+            data = pickle.dumps(arrays, protocol=protocol)
+            got = decoder.decode(data)
+            _assert_same_arrays(got, decode_metadata(data))
+            _assert_same_arrays(got, arrays)
+            assert decoder.fast_hits == 3 * (protocol - 3) + k
+    assert decoder.full_decodes == 3
+
+
+def _replace_once(data: bytes, old: bytes, new: bytes) -> bytes:
+    assert data.count(old) >= 1
+    assert len(old) == len(new)
+    return data.replace(old, new, 1)
+
+
+@pytest.fixture
+def warm(multipart_capture, dump_capture):
+    """(decoder with a template of the multipart frame 0, a frame-1 pickle)."""
+    decoder = MetadataDecoder()
+    decoder.decode(multipart_capture[1][2])
+    assert (decoder.full_decodes, decoder.fast_hits) == (1, 0)
+    return decoder, multipart_capture[2][2], dump_capture[3][0]
+
+
+def test_data_only_changes_take_the_fast_path(warm):
+    decoder, data, _ = warm
+    expected = decode_metadata(data)
+    got = decoder.decode(data)
+    assert (decoder.full_decodes, decoder.fast_hits) == (1, 1)
+    _assert_same_arrays(got, expected)
+    assert got[1].tolist() == [0, 0, 0, 14079]  # frame 1's all_events
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "error", "fragment"),
+    [
+        (b"ndarray", b"ndarrax", UnsafeMetadataError, "numpy.ndarrax"),
+        (b"_reconstruct", b"_reconstrucT", UnsafeMetadataError, "_reconstrucT"),
+        (b"\x8c\x05numpy", b"\x8c\x05posix", UnsafeMetadataError, "posix."),
+        (b"\x8c\x02u4", b"\x8c\x02O8", UnsafeMetadataError, "'O8'"),
+        (b"\x8c\x02u4", b"\x8c\x02V4", UnsafeMetadataError, "structured"),
+        (b"\x8c\x01<", b"\x8c\x01!", UnsafeMetadataError, "byte order"),
+        (
+            b"R\x94(K\x01K\x04\x85",
+            b"R\x94(K\x01K\x05\x85",
+            UnsafeMetadataError,
+            "needs 40 bytes, the pickle carries 32",
+        ),
+        (b"C\x20", b"C\x1f", ProtocolError, "corrupt metadata pickle"),
+        (b"C\x20", b"\x8e\x20", UnsafeMetadataError, "BINBYTES8"),
+        (b"\x93\x94", b"\x930", UnsafeMetadataError, "POP (0x30)"),
+    ],
+    ids=[
+        "global-name",
+        "global-name-2",
+        "global-module",
+        "object-dtype",
+        "void-dtype",
+        "byteorder",
+        "shape",
+        "length",
+        "opcode",
+        "memoize-to-pop",
+    ],
+)
+def test_a_hostile_deviation_from_the_template_runs_the_vm(
+    warm, old, new, error, fragment
+):
+    decoder, data, _ = warm
+    bad = _replace_once(data, old, new)
+    assert len(bad) == len(data)
+    with pytest.raises(error) as info:
+        decoder.decode(bad)
+    assert fragment in str(info.value)
+    assert (decoder.full_decodes, decoder.fast_hits) == (2, 0)
+    # The template survives the failure: the next good frame is fast again.
+    decoder.decode(data)
+    assert (decoder.full_decodes, decoder.fast_hits) == (2, 1)
+
+
+def test_a_hostile_same_length_global_in_a_protocol3_pickle(warm):
+    _, _, legacy = warm
+    decoder = MetadataDecoder()
+    decoder.decode(legacy)
+    bad = _replace_once(legacy, b"numpy\ndtype\n", b"posix\nwrite\n")
+    with pytest.raises(UnsafeMetadataError, match=r"posix\.write"):
+        decoder.decode(bad)
+    assert (decoder.full_decodes, decoder.fast_hits) == (2, 0)
+
+
+def test_a_valid_deviation_is_decoded_by_the_vm_and_becomes_the_template(warm):
+    decoder, data, _ = warm
+    signed = _replace_once(data, b"\x8c\x02u4", b"\x8c\x02i4")
+    got = decoder.decode(signed)
+    assert (decoder.full_decodes, decoder.fast_hits) == (2, 0)
+    assert got[1].dtype == np.dtype("<i4")  # the first u4 array became i4
+    _assert_same_arrays(got, decode_metadata(signed))
+    decoder.decode(signed)
+    assert (decoder.full_decodes, decoder.fast_hits) == (2, 1)
+    # Back to the original layout: the VM once more, then fast again.
+    decoder.decode(data)
+    decoder.decode(data)
+    assert (decoder.full_decodes, decoder.fast_hits) == (3, 2)
+
+
+def test_other_lengths_and_layouts_run_the_vm(warm):
+    decoder, data, legacy = warm
+    five = encode_metadata([np.zeros(5)] * 8 + [np.zeros((2, 5), np.uint32)])
+    assert len(decoder.decode(five)) == 9
+    assert len(decoder.decode(legacy)) == 8
+    assert (decoder.full_decodes, decoder.fast_hits) == (3, 0)
+    with pytest.raises(ProtocolError):
+        decoder.decode(data[:-1])
+    with pytest.raises(ProtocolError):
+        decoder.decode(data + b".")
+    assert decoder.full_decodes == 5
+    decoder.reset()
+    decoder.decode(data)
+    assert (decoder.full_decodes, decoder.fast_hits) == (6, 0)
+
+
+def test_fast_path_keeps_the_size_and_magic_checks(warm):
+    decoder, _, _ = warm
+    with pytest.raises(UnsafeMetadataError, match="exceeds"):
+        decoder.decode(b"\x80" * (MAX_METADATA_BYTES + 1))
+    with pytest.raises(ProtocolError, match="not a pickle"):
+        decoder.decode(b"{}")
+    with pytest.raises(ProtocolError, match="empty metadata part"):
+        decoder.decode(b"")
 
 
 def test_decoding_uses_no_real_unpickler_loads(monkeypatch, multipart_capture):

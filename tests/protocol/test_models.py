@@ -232,6 +232,77 @@ def test_bad_limits_are_rejected(limits, fragment):
     assert fragment in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("limits", "fragment"),
+    [
+        (
+            [[[0, 1], [0, 1]], [[0, 1]]],
+            "limits[1] has 1 channels, limits[0] has 2: every window must list "
+            "every channel",
+        ),
+        ([[[0, 1]], [[0, 1], [2, 3]]], "limits[1] has 2 channels, limits[0] has 1"),
+        ([[[-1, 5]]], "limits[0][0] must have 0 <= low <= high, got [-1, 5]"),
+        ([[[0, 1], [9, 3]]], "limits[0][1] must have 0 <= low <= high, got [9, 3]"),
+        ([[[0, -2]]], "limits[0][0] must have 0 <= low <= high, got [0, -2]"),
+    ],
+)
+def test_inconsistent_limits_are_rejected(limits, fragment):
+    with pytest.raises(ValueError, match="limits") as direct:
+        RoiWindows.from_wire(limits)
+    assert fragment in str(direct.value)
+    with pytest.raises(pydantic.ValidationError) as info:
+        HeaderMessage.model_validate({"htype": "header", "limits": limits})
+    assert fragment in str(info.value)
+
+
+def test_inconsistent_limits_in_a_header_part_are_invalid_json():
+    from ophyd_xspress.protocol import InvalidJSONError, StreamDecoder
+
+    decoder = StreamDecoder()
+    part = json.dumps({"htype": "header", "limits": [[[5, 2]]]}).encode()
+    with pytest.raises(InvalidJSONError) as info:
+        decoder.feed([part])
+    assert str(info.value).startswith("bad header packet: limits: Value error, ")
+    assert "limits[0][0] must have 0 <= low <= high, got [5, 2]" in str(info.value)
+    assert decoder.header is None
+
+
+def test_roi_windows_validate_when_built_directly():
+    assert RoiWindow(low=0, high=0) == RoiWindow(low=0, high=0)
+    with pytest.raises(pydantic.ValidationError, match="greater than or equal to 0"):
+        RoiWindow(low=-1, high=3)
+    with pytest.raises(pydantic.ValidationError, match="window low 4 > high 3"):
+        RoiWindow(low=4, high=3)
+    one, two = RoiWindow(low=0, high=1), RoiWindow(low=2, high=3)
+    assert RoiWindows(windows=((one, two), (two, one))).to_wire() == [
+        [[0, 1], [2, 3]],
+        [[2, 3], [0, 1]],
+    ]
+    with pytest.raises(pydantic.ValidationError, match="different numbers of channels"):
+        RoiWindows(windows=((one, two), (one,)))
+
+
+def test_limits_messages_never_show_the_value():
+    with pytest.raises(ValueError, match="limits must be a list") as info:
+        RoiWindows.from_wire("SECRET" * 50)
+    assert "SECRET" not in str(info.value)
+    assert "got str" in str(info.value)
+    with pytest.raises(ValueError, match="must be") as info:
+        RoiWindows.from_wire([[["SECRET", 1]]])
+    assert "SECRET" not in str(info.value)
+    assert "got list of 2 items" in str(info.value)
+
+
+@pytest.mark.parametrize("frame", [2**63, 2**64, 10**30])
+def test_frame_numbers_are_bounded(frame):
+    with pytest.raises(pydantic.ValidationError) as info:
+        ImageMessage.model_validate({"htype": "image", "frame": frame, "shape": [1, 2]})
+    (error,) = info.value.errors()
+    assert error["loc"] == ("frame",)
+    assert error["msg"] == "Input should be less than 9223372036854775808"
+    assert ImageMessage(frame=2**63 - 1, shape=(1, 2)).frame == 2**63 - 1
+
+
 def test_bad_extra_tags_are_rejected():
     with pytest.raises(pydantic.ValidationError):
         HeaderMessage.model_validate({"htype": "header", "extra_tags": [1, 2]})

@@ -270,15 +270,6 @@ def test_correct_propagates_nan_dtc():
     assert out[1].tolist() == [6.0, 8.0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (minor): _physics.py correct() multiplies without np.errstate: for a "
-        "saturated channel (dtc = inf, already flagged by DeadTimeWarning) every "
-        "empty bin gives 0 * inf and numpy emits 'RuntimeWarning: invalid value "
-        "encountered in multiply' (an error under filterwarnings=error)"
-    ),
-)
 def test_correct_with_a_saturated_channel_emits_no_numpy_warning():
     spectra = np.array([[0, 5, 0], [1, 2, 3]], dtype=np.uint32)
     with warnings.catch_warnings():
@@ -287,6 +278,22 @@ def test_correct_with_a_saturated_channel_emits_no_numpy_warning():
     assert np.isnan(out[0, 0])
     assert np.isposinf(out[0, 1])
     assert out[1].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_correct_with_huge_values_emits_no_numpy_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = correct(np.array([1e308, 0.0]), np.array([10.0, np.nan]))
+    assert np.isposinf(out[0])
+    assert np.isnan(out[1])
+
+
+def test_dead_time_with_non_finite_inputs_warns_only_once():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dt = dead_time([np.inf, 1.0], [0, 0], [10, np.inf], [0, np.inf], [np.inf, 0])
+    assert [type(w.message) for w in caught] == [DeadTimeWarning]
+    assert dt.invalid.tolist() == [True, True]
 
 
 # -- roi_sums ------------------------------------------------------------------
@@ -344,6 +351,30 @@ def test_roi_sums_single_frame_and_float_spectra(spectra):
 def test_roi_sums_no_overflow_beyond_uint32():
     spectra = np.full((1, 4096), 2**32 - 1, dtype=np.uint32)
     assert roi_sums(spectra, [[0, 4095]])[0, 0] == 4096 * (2**32 - 1)
+
+
+def test_roi_sums_of_non_finite_float_spectra_are_exact_and_quiet():
+    spectra = np.array([[1.0, np.inf, 3.0, -np.inf], [np.nan, 1.0, 2.0, 3.0]])
+    windows = np.array([[0, 1], [2, 3], [3, 3], [2, 2]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = roi_sums(spectra, windows)
+    assert out.dtype == np.float64
+    assert out[0].tolist() == [np.inf, -np.inf, -np.inf, 3.0]
+    assert np.isnan(out[1, 0])
+    assert out[1, 1:].tolist() == [5.0, 3.0, 2.0]
+
+
+def test_roi_sums_of_signed_and_complex_spectra():
+    signed = np.array([[1, -2, 3, 4]], dtype=np.int32)
+    out = roi_sums(signed, np.array([[0, 1], [0, 3]]))
+    assert out.dtype == np.int64
+    assert out.tolist() == [[-1, 6]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        complex_out = roi_sums(np.array([[1 + 1j, 2, 3j]]), np.array([[0, 2]]))
+    assert complex_out.dtype == np.complex128
+    assert complex_out.tolist() == [[3 + 4j]]
 
 
 def test_roi_sums_with_no_windows(spectra):
