@@ -17,6 +17,7 @@ so tiled can serve them). Restarting on the same directory reads old runs back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,8 @@ class LocalCatalog:
         return self.client[uid]
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.context.close()
         self.server.close()
 
     def __enter__(self) -> LocalCatalog:
@@ -89,4 +92,5 @@ class RemoteCatalog:
         return self.client[uid]
 
     def close(self) -> None:
-        return None
+        with contextlib.suppress(Exception):
+            self.client.context.close()

@@ -40,6 +40,27 @@ __all__ = ["XspressDetector"]
 log = logging.getLogger("ophyd_xspress.device")
 
 
+def _fresh_tango_executor() -> None:
+    """pytango keeps one global asyncio executor bound to the loop that first
+    used it; a later RunEngine (a new loop: a second demo, a notebook restart of
+    the RunEngine, the next test) would then fail to connect. Forget an executor
+    whose loop is not the running one so pytango makes a fresh one."""
+    try:
+        import tango.asyncio_executor as executors
+    except ImportError:  # pragma: no cover - tango is a dependency
+        return
+    current = getattr(executors, "_MAIN_EXECUTOR", None)
+    if current is None:
+        return
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    loop = getattr(current, "loop", None)
+    if loop is not running:
+        executors.set_global_executor(None)
+
+
 def default_path_provider(directory: str | Path | None = None) -> PathProvider:
     """UUID file names in ``directory`` (default: the user data dir)."""
     if directory is None:
@@ -203,6 +224,8 @@ class XspressDetector(StandardDetector):
         force_reconnect: bool = False,
     ) -> None:
         control = self.control
+        if control is not None and mock is False:
+            _fresh_tango_executor()
         if (
             control is not None
             and mock is False
