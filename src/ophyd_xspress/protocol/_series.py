@@ -123,6 +123,8 @@ class SeriesTracker:
         self.series: list[SeriesState] = []
         self.current: SeriesState | None = None
         self.counts: Counter[str] = Counter()
+        self._stray_streak: list[int] = []
+        self._stray_count = 0
         self.anomalies: deque[Anomaly] = deque(maxlen=MAX_KEPT_ANOMALIES)
 
     # -- reporting -----------------------------------------------------------
@@ -157,7 +159,18 @@ class SeriesTracker:
         return anomaly
 
     # -- events --------------------------------------------------------------
+    def _end_stray_streak(self) -> None:
+        streak, self._stray_streak = self._stray_streak, []
+        count, self._stray_count = self._stray_count, 0
+        if count > 1:
+            self.log.warning(
+                "%s outside any series were not attributed (frames %s)",
+                _plural(count),
+                format_ranges(streak),
+            )
+
     def on_header(self, filename: str | None) -> SeriesState:
+        self._end_stray_streak()
         previous = self.current
         if previous is not None and not previous.ended:
             self._close(previous)
@@ -202,10 +215,19 @@ class SeriesTracker:
                 if cur is None
                 else f"after series_end of series {cur.index}"
             )
+            # Log the first stray of a streak; the rest are counted and summed
+            # up when the next header arrives (a monitor joining a running
+            # stream would otherwise log every frame).
+            self._stray_count += 1
+            if len(self._stray_streak) < 10_000:
+                self._stray_streak.append(frame)
+            first = self._stray_count == 1
             self.report(
                 "frame_outside_series",
-                f"frame {frame} received {where}: not attributed to any series",
+                f"frame {frame} received {where}: not attributed to any series"
+                + (" (further such frames are counted, not logged)" if first else ""),
                 frames=(frame,),
+                level=logging.WARNING if first else logging.DEBUG,
             )
             return None
         if frame in cur.seen:
@@ -279,5 +301,6 @@ class SeriesTracker:
 
     def finish(self) -> None:
         """Close the open series (end of a capture or of a run) and report gaps."""
+        self._end_stray_streak()
         if self.current is not None:
             self._close(self.current)

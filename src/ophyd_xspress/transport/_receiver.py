@@ -496,9 +496,9 @@ class StreamReceiver:
             self.bytes += sum(len(f) for f in message)
             try:
                 packets = self.decoder.feed(message)
-            except OutOfSeriesError as exc:
+            except OutOfSeriesError:
+                # logged (once per streak) by the decoder's series tracker
                 self.counts["outside_series"] += 1
-                log.warning("%s: %s", self.endpoint, exc)
                 continue
             except ProtocolError as exc:
                 self.counts["protocol_error"] += 1

@@ -1,0 +1,91 @@
+"""``ophyd-xspress listen ENDPOINT``: live stream statistics in the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("endpoint", help="e.g. tcp://host:9999 (the device's PUB)")
+    parser.add_argument("--socket", choices=("sub", "pull"), default="sub")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON summary and exit"
+    )
+    parser.add_argument("--frames", type=int, default=None, help="stop after N frames")
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="stop after this many seconds"
+    )
+
+
+def _table(s: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    t = Table(title=f"Xspress stream {s['endpoint']}", show_header=False)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("frames received", f"{s['frames']}")
+    t.add_row("frame rate", f"{s['frame_rate_hz']:.1f} Hz")
+    t.add_row("throughput", f"{s['mb_per_s']:.2f} MB/s ({s['megabytes']:.1f} MB)")
+    t.add_row("last frame number", str(s["last_frame"]))
+    t.add_row("series (headers / ends)", f"{s['headers']} / {s['series_ends']}")
+    t.add_row(
+        "missing / repeated / out of order",
+        f"{s['missing']} / {s['repeated']} / {s['out_of_order']}",
+    )
+    t.add_row("outside any series", str(s["frames_outside_series"]))
+    t.add_row("protocol errors", f"{s['protocol_errors']} {s['last_error'][:60]}")
+    for c in range(s["channels"]):
+        ocr = s["ocr_cps"][c]
+        icr = s["icr_cps"][c]
+        dead = s["dead_time_percent"][c]
+        t.add_row(
+            f"channel {c}",
+            f"OCR {ocr or 0:,.0f} cps  ICR {icr or 0:,.0f} cps  dead {dead or 0:.2f} %",
+        )
+    return t
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from ..listen import StreamMonitor
+
+    # Joining a running stream mid-series is normal for a monitor: the summary
+    # counts those frames; don't warn about each streak.
+    if not args.verbose:
+        logging.getLogger("ophyd_xspress.protocol").setLevel(logging.ERROR)
+
+    monitor = StreamMonitor(args.endpoint, socket=args.socket)
+    start = time.monotonic()
+
+    def finished() -> bool:
+        if args.frames is not None and monitor.frames >= args.frames:
+            return True
+        return args.timeout is not None and time.monotonic() - start >= args.timeout
+
+    try:
+        if args.json:
+            while not finished():
+                monitor.poll(0.2)
+            print(json.dumps(monitor.summary(), indent=2))
+            return 0
+        from rich.live import Live
+
+        with Live(_table(monitor.summary()), refresh_per_second=4) as live:
+            while not finished():
+                monitor.poll(0.25)
+                live.update(_table(monitor.summary()))
+        return 0
+    except KeyboardInterrupt:
+        if args.json:
+            print(json.dumps(monitor.summary(), indent=2))
+        return 0
+    finally:
+        monitor.close()
+        sys.stdout.flush()
