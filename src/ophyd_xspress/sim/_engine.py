@@ -339,8 +339,12 @@ class SimulatedXspress3:
             raise SimulatorError(f"SoftwareTrigger refused in state {self._state}")
         self._cmds.put((_Cmd.TRIGGER, time.monotonic()))
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop an acquisition; returns once the device has left RUNNING (like
+        the real command) or after ``timeout``."""
         self._cmds.put((_Cmd.STOP, time.monotonic()))
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            self._idle.wait(timeout)
 
     def ttl_rise(self) -> None:
         """Rising edge on TTL input 1."""
@@ -438,8 +442,20 @@ class SimulatedXspress3:
                         pass
                     except _CloseRequestedError:
                         return
+                    except Exception as exc:  # the streaming "thread" died
+                        log.exception("simulated acquisition failed")
+                        self._set(
+                            DevState.FAULT,
+                            f"FAULT: streaming failed ({type(exc).__name__}: {exc})",
+                        )
                     finally:
                         self._ready_for_sw_trigger = False
+                        # faults apply to one series (stall/restart/fault are
+                        # one-shot by construction)
+                        self.faults.drop_frames.clear()
+                        self.faults.drop_parts.clear()
+                        self.faults.repeat_frames.clear()
+                        self.faults.swap_frames.clear()
                         with self._lock:
                             if self._state is DevState.RUNNING:
                                 self._state = DevState.STANDBY

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Literal
 
 import zmq
@@ -82,10 +83,21 @@ class StreamPublisher:
             self._sock.close(linger=0)
             self._sock = None
 
-    def restart(self) -> None:
-        """Close and re-bind the same endpoint (a 'publisher restart' fault)."""
+    def restart(self, timeout: float = 5.0) -> None:
+        """Close and re-bind the same endpoint (a 'publisher restart' fault).
+
+        ZeroMQ releases the port asynchronously after close, so the bind is
+        retried until ``timeout``."""
         self.close()
-        self.open()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.open()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def send_message(self, message: Message) -> None:
         if self._sock is None:

@@ -49,6 +49,9 @@ class Xspress3DS(Device):
         super().init_device()
         with _ENGINES_LOCK:
             self.engine = _ENGINES[str(self.EngineKey)]
+        # Tango's Init command re-runs init_device: like the real device, a
+        # re-initialisation leaves FAULT.
+        self.engine.clear_fault()
 
     def dev_state(self) -> DevState:
         return _STATES[self.engine.state]
@@ -224,11 +227,6 @@ class Xspress3DS(Device):
     @command
     def Stop(self) -> None:
         self.engine.stop()
-
-    @command
-    def Init(self) -> None:
-        """Leave FAULT (the real device re-initialises)."""
-        self.engine.clear_fault()
 
 
 _SIGNALS = tuple(
