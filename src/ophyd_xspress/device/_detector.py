@@ -307,7 +307,9 @@ class XspressDetector(StandardDetector):
                 raise failure[0] from None
             raise
         except TimeoutError as exc:
-            if run is not None:
+            # only ophyd-async's own (generic) time-out gets the stream facts;
+            # our errors (stalled stream, device stuck RUNNING) say what happened
+            if type(exc) is TimeoutError and run is not None:
                 raise run.stall_error(trigger_info.exposure_timeout) from exc
             raise
         finally:

@@ -87,6 +87,12 @@ class XspressTriggerLogic(DetectorTriggerLogic):
         deadtime: float,
     ) -> None:
         rt = self.rt
+        if rt.data_mode == "inline" and num != 1:
+            raise ValueError(
+                f"{rt.name}: data='inline' puts one frame in each event (step "
+                f"scans); a prepare for {num} frames (a fly scan) needs "
+                "XspressDetector(data='auto') or data='hdf5'"
+            )
         rt.trigger, rt.num = trigger, num
         c = rt.control
         if c is None:

@@ -203,7 +203,7 @@ class XspressRuntime:
             if name != "RUNNING":
                 return
             if loop.time() > deadline:
-                raise TimeoutError(
+                raise DeviceStuckError(
                     f"Xspress3 {control.trl} still RUNNING {timeout:.1f} s after its "
                     "last frame arrived"
                 )
@@ -212,3 +212,7 @@ class XspressRuntime:
 
 class DetectorFaultError(RuntimeError):
     """The Xspress3 device is in FAULT (its status string says why)."""
+
+
+class DeviceStuckError(TimeoutError):
+    """The device did not return to STANDBY after its frames arrived."""

@@ -316,6 +316,7 @@ class StreamReceiver:
         self.messages = 0
         self.bytes = 0
         self._run: RunTracker | None = None
+        self.last_header: HeaderMessage | None = None
         self.backlog_limit = backlog
         self._backlog: deque[Frame] = deque()
         self._lock = threading.Lock()
@@ -471,6 +472,8 @@ class StreamReceiver:
                 )
             self._backlog.clear()
             return
+        if run.header is None:
+            run.header = self.last_header
         while self._backlog and not run.done:
             run._on_frame(self._backlog.popleft())
 
@@ -512,10 +515,12 @@ class StreamReceiver:
                         run._on_frame(packet)
                     else:
                         self._keep(packet)
+                elif isinstance(packet, HeaderMessage):
+                    self.last_header = packet
+                    if run is not None:
+                        run._on_header(packet)
                 elif run is None:
                     continue
-                elif isinstance(packet, HeaderMessage):
-                    run._on_header(packet)
                 elif isinstance(packet, SeriesEndMessage):
                     run._on_series_end()
         if run is not None:
