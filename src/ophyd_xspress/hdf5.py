@@ -46,21 +46,22 @@ import numpy.typing as npt
 
 from .protocol import CLOCK_HZ, Frame, correct, dead_time, roi_sums
 
-__all__ = ["GROUP", "DatasetSpec", "Hdf5FrameWriter", "dataset_specs"]
+__all__ = ["GROUP", "RAW_SCALERS", "DatasetSpec", "Hdf5FrameWriter", "dataset_specs"]
 
 log = logging.getLogger("ophyd_xspress.hdf5")
 
 GROUP: Final = "/entry/instrument/xspress3"
 
-SCALERS: Final = (
+#: The raw per-channel scalers: (name, dtype, units).
+RAW_SCALERS: Final = (
     ("all_events", "<u4", "counts"),
     ("all_good", "<u4", "counts"),
     ("clock_ticks", "<u4", "ticks"),
     ("total_ticks", "<u4", "ticks"),
     ("reset_ticks", "<u4", "ticks"),
     ("event_width", "<i4", "ticks"),
-    ("dead_time_correction", "<f8", ""),
 )
+SCALERS: Final = (*RAW_SCALERS, ("dead_time_correction", "<f8", ""))
 DERIVED: Final = (
     ("output_count_rate", "<f8", "counts/s"),
     ("dead_time_percent", "<f8", "%"),

@@ -44,7 +44,7 @@ from ophyd_async.core import (
     StreamResourceInfo,
 )
 
-from ..hdf5 import Hdf5FrameWriter
+from ..hdf5 import RAW_SCALERS, Hdf5FrameWriter
 from ..protocol import correct, dead_time_from_scalers, roi_sums
 from ._rois import windows_array
 from ._runtime import XspressRuntime
@@ -56,14 +56,7 @@ __all__ = [
     "hinted_keys",
 ]
 
-_RAW = (
-    ("all_events", "<u4", "counts"),
-    ("all_good", "<u4", "counts"),
-    ("clock_ticks", "<u4", "ticks"),
-    ("total_ticks", "<u4", "ticks"),
-    ("reset_ticks", "<u4", "ticks"),
-    ("event_width", "<i4", "ticks"),
-)
+_RAW = RAW_SCALERS
 #: key suffix -> (HDF5 dataset, dtype, units, precision)
 _PER_CHANNEL: dict[str, tuple[str, str, str, int | None]] = {
     "dtc": ("dead_time_correction", "<f8", "", 6),
