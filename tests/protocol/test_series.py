@@ -227,7 +227,10 @@ def test_frame_after_series_end(stream, caplog):
     )
     assert tracker.series[0].frames_received == 2
     assert decoder.frames_decoded == 2
-    assert "frame 3 received after series_end of series 0" in caplog.text
+    # one warning per streak of stray frames, not one per frame
+    assert "frame 2 received after series_end of series 0" in caplog.text
+    assert "further such frames are counted, not logged" in caplog.text
+    assert "frame 3 received after series_end" not in caplog.text
 
 
 def test_frame_before_any_header(stream):
@@ -430,3 +433,15 @@ def test_malformed_message_is_an_anomaly_kind():
     anomaly = tracker.report("malformed_message", "two parts")
     assert anomaly.kind == "malformed_message"
     assert tracker.counts["malformed_message"] == 1
+
+
+def test_stray_streak_is_summed_up_at_the_next_header(stream, caplog):
+    decoder = StreamDecoder()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        _, errors = stream(decoder, [5, 6, 7, "header", 0])
+    assert [e.frame.frame for e in errors] == [5, 6, 7]
+    assert decoder.tracker.counts["frame_outside_series"] == 3
+    assert "3 frames outside any series were not attributed (frames 5-7)" in (
+        caplog.text
+    )
+    assert decoder.tracker.series[0].frames_received == 1

@@ -136,6 +136,7 @@ class SeriesTracker:
         series: SeriesState | None = None,
         level: int = logging.WARNING,
         count: int | None = None,
+        note: str = "",
     ) -> Anomaly:
         """Record, count and log one anomaly.
 
@@ -155,7 +156,7 @@ class SeriesTracker:
         if target is not None:
             target.counts[kind] += count
         self.anomalies.append(anomaly)
-        self.log.log(level, "%s", message)
+        self.log.log(level, "%s%s", message, note)
         return anomaly
 
     # -- events --------------------------------------------------------------
@@ -224,8 +225,8 @@ class SeriesTracker:
             first = self._stray_count == 1
             self.report(
                 "frame_outside_series",
-                f"frame {frame} received {where}: not attributed to any series"
-                + (" (further such frames are counted, not logged)" if first else ""),
+                f"frame {frame} received {where}: not attributed to any series",
+                note=" (further such frames are counted, not logged)" if first else "",
                 frames=(frame,),
                 level=logging.WARNING if first else logging.DEBUG,
             )
