@@ -272,6 +272,14 @@ class XspressDetector(StandardDetector):
         fails the status at once with the facts, not after a generic time-out."""
         rt = self._rt
         run = rt.run
+        # count() prepares with TriggerInfo() (livetime 0: "what the device has"),
+        # so ophyd-async's time-out would not include a long frame time that
+        # the device is set to; the runtime knows it.
+        frame_time = rt.livetime + rt.deadtime
+        if trigger_info.exposure_timeout < frame_time + DEFAULT_TIMEOUT:
+            trigger_info = trigger_info.model_copy(
+                update={"exposure_timeout": frame_time + DEFAULT_TIMEOUT}
+            )
         task = asyncio.current_task()
         failure: list[BaseException] = []
 

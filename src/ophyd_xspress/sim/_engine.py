@@ -489,7 +489,9 @@ class SimulatedXspress3:
         return cmd
 
     def _sleep_until(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
+        """Wait for the deadline, serving commands (Stop raises) meanwhile; the
+        queue is looked at even when the deadline has passed (a slow host)."""
+        while True:
             cmd = self._next_cmd(deadline)
             if cmd is None:
                 return
@@ -542,6 +544,8 @@ class SimulatedXspress3:
                         ticks = max(1, min(int((t1 - t0) * CLOCK_HZ), 2**32 - 1))
                     elif self.pace:
                         self._sleep_until(t0 + (k + 1) * exposure)
+                    else:
+                        self._next_cmd(time.monotonic())  # honour Stop at once
                     frame = self._make_frame(settings, series, number, ticks)
                     self._emit(frame, number)
                     number += 1

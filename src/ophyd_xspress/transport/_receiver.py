@@ -337,6 +337,8 @@ class StreamReceiver:
         armed) and raise :class:`StreamConnectError` if it does not happen."""
         if self.running:
             return
+        # frames left from an interrupted acquisition must not reach the next
+        self._backlog.clear()
         self._stop.clear()
         self._connected.clear()
         self._socket_ready.clear()
