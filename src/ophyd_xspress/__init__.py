@@ -22,7 +22,7 @@ if TYPE_CHECKING:
         StreamEncoder,
     )
     from .sim import XspressSimulator
-    from .transport import StreamStalledError
+    from .transport import StreamIncompleteError, StreamStalledError
 
 _LAZY = {
     "DetectorFaultError": ".device",
@@ -35,6 +35,7 @@ _LAZY = {
     "StreamEncoder": ".protocol",
     "XspressSimulator": ".sim",
     "StreamStalledError": ".transport",
+    "StreamIncompleteError": ".transport",
 }
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "SeriesEndMessage",
     "StreamDecoder",
     "StreamEncoder",
+    "StreamIncompleteError",
     "StreamStalledError",
     "XspressDetector",
     "XspressSimulator",

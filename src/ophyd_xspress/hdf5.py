@@ -183,13 +183,15 @@ class Hdf5FrameWriter:
         self.rows = initial
 
     def close(self) -> None:
-        if self._file is not None:
-            try:
-                self.flush()
-            finally:
-                self._file.close()
-                self._file = None
-                self._datasets = {}
+        # The receiver thread may be flushing: the lock makes close wait for it.
+        with self._lock:
+            if self._file is not None:
+                try:
+                    self._flush_locked()
+                finally:
+                    self._file.close()
+                    self._file = None
+                    self._datasets = {}
 
     @property
     def is_open(self) -> bool:
@@ -202,9 +204,14 @@ class Hdf5FrameWriter:
                 f"frame {frame.frame} has shape {frame.spectra.shape}, the file "
                 f"{self.path} was opened for {(self.channels, self.bins)}"
             )
-        self._pending[row] = frame
+        with self._lock:
+            self._pending[row] = frame
 
     def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
         if not self._pending or self._file is None:
             return
         pending, self._pending = self._pending, {}

@@ -67,8 +67,8 @@ def default_path_provider(directory: str | Path | None = None) -> PathProvider:
         import platformdirs
 
         directory = Path(platformdirs.user_data_dir("ophyd-xspress")) / "data"
+    # created when the first file is written, not here
     path = Path(directory).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
     return StaticPathProvider(UUIDFilenameProvider(), path)
 
 

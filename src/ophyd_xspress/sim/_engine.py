@@ -87,8 +87,9 @@ class FaultPlan:
     * ``drop_parts``: ``(frame, part)`` pairs, part 0 JSON, 1 spectra, 2 pickle;
     * ``repeat_frames``: frame -> extra copies sent right after it;
     * ``swap_frames``: frame n is held back and sent after frame n + 1;
-    * ``stall_after``: stop sending after this frame until :meth:`release`
-      (acquisition goes on; frames queue up and are sent on release);
+    * ``stall_after``: stop sending after this frame (-1: right after the
+      header) until :meth:`release` (acquisition goes on; frames queue up and
+      are sent on release);
     * ``restart_publisher_after``: close and re-bind the socket after this frame;
     * ``fault_after``: go to FAULT after this frame with ``fault_status``.
     """
@@ -586,6 +587,8 @@ class SimulatedXspress3:
         if self._held is not None and self._held.frame == number - 1:
             held, self._held = self._held, None
             self._pending.append(held)
+        if plan.stall_after is not None and number > plan.stall_after:
+            self._stalled = True  # stall_after=-1: nothing after the header
         self._pump()
         if plan.stall_after is not None and number >= plan.stall_after:
             self._stalled = True

@@ -226,7 +226,8 @@ class Xspress3DS(Device):
 
     @command
     def Stop(self) -> None:
-        self.engine.stop()
+        # returns once STANDBY, within the 3 s default Tango client timeout
+        self.engine.stop(timeout=2.0)
 
 
 _SIGNALS = tuple(

@@ -4,6 +4,7 @@ from ._receiver import (
     FrameSink,
     RunTracker,
     StreamConnectError,
+    StreamIncompleteError,
     StreamReceiver,
     StreamStalledError,
 )
@@ -12,6 +13,7 @@ __all__ = [
     "FrameSink",
     "RunTracker",
     "StreamConnectError",
+    "StreamIncompleteError",
     "StreamReceiver",
     "StreamStalledError",
 ]

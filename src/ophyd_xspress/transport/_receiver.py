@@ -49,6 +49,7 @@ __all__ = [
     "FrameSink",
     "RunTracker",
     "StreamConnectError",
+    "StreamIncompleteError",
     "StreamReceiver",
     "StreamStalledError",
 ]
@@ -64,6 +65,10 @@ class StreamConnectError(ConnectionError):
 
 class StreamStalledError(TimeoutError):
     """Frames stopped arriving before the run had all it expected."""
+
+
+class StreamIncompleteError(RuntimeError):
+    """The detector ended the series before sending every frame of the run."""
 
 
 class FrameSink(Protocol):
@@ -134,6 +139,8 @@ class RunTracker:
             return
         if self.active:
             self.series_ended = True
+            if self.expected is not None and self.contiguous < self.expected:
+                self._fail(self.incomplete_error())
             self._notify()
 
     def _on_frame(self, frame: Frame) -> None:
@@ -231,6 +238,15 @@ class RunTracker:
             "stale_discarded": self.counts["stale"],
             "anomaly_counts": dict(self.counts),
         }
+
+    def incomplete_error(self) -> StreamIncompleteError:
+        missing = self.missing
+        return StreamIncompleteError(
+            f"the series from {self.receiver.endpoint} ended after "
+            f"{len(self.received)} of {self._expected_text()} frames; "
+            f"missing {format_ranges(missing) or 'none'} (frames after the first "
+            "gap are in the file but no event refers to them)"
+        )
 
     def stall_error(self, waited: float) -> StreamStalledError:
         missing = self.missing

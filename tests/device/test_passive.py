@@ -1,0 +1,226 @@
+# ruff: noqa: N803 - RE is the conventional RunEngine fixture name
+"""Passive mode: someone else arms the detector; we only consume the stream.
+
+The real captures are replayed on a PUSH socket (which waits for our PULL to
+connect, so nothing is lost) and each ``trigger()`` of a ``count`` takes the next
+frame. Every event must carry exactly the captured frame, as decoded straight
+from the capture file.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+import h5py
+import numpy as np
+import pytest
+from bluesky.plans import count
+from ophyd_async.core import TriggerInfo, init_devices
+
+from ophyd_xspress.capture import read_capture
+from ophyd_xspress.device import XspressDetector
+from ophyd_xspress.protocol import Frame, HeaderMessage, StreamDecoder
+from ophyd_xspress.replay import replay_capture
+
+DUMP = "xspress3-dump.cbors"
+MULTIPART = "xspress3-multipart.cbors"
+SCALERS = (
+    "all_events",
+    "all_good",
+    "clock_ticks",
+    "total_ticks",
+    "reset_ticks",
+    "event_width",
+)
+
+
+def decode_capture(path: Path) -> tuple[list[HeaderMessage], list[Frame]]:
+    decoder = StreamDecoder()
+    headers: list[HeaderMessage] = []
+    frames: list[Frame] = []
+    for message in read_capture(path):
+        for packet in decoder.feed(message):
+            if isinstance(packet, Frame):
+                frames.append(packet)
+            elif isinstance(packet, HeaderMessage):
+                headers.append(packet)
+    return headers, frames
+
+
+class Replayer:
+    """``replay_capture(..., socket="push", wait_for_peer=True)`` on a thread."""
+
+    def __init__(self, capture: Path) -> None:
+        self.capture = capture
+        self.endpoint = ""
+        self.sent: int | None = None
+        self.error: BaseException | None = None
+        self._bound = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="replay")
+
+    def _on_bound(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self._bound.set()
+
+    def _run(self) -> None:
+        try:
+            self.sent = replay_capture(
+                self.capture,
+                "tcp://127.0.0.1:0",
+                socket="push",
+                wait_for_peer=True,
+                peer_timeout=30,
+                on_bound=self._on_bound,
+            )
+        except BaseException as exc:
+            self.error = exc
+            self._bound.set()
+
+    def start(self) -> Replayer:
+        self._thread.start()
+        assert self._bound.wait(10), "replay socket never bound"
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def join(self) -> None:
+        self._thread.join(40)
+        assert not self._thread.is_alive(), "replay did not finish"
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def passive(
+    RE: Any,
+    in_loop: Callable[..., Any],
+    tmp_path: Path,
+) -> Iterator[Callable[[Path], tuple[XspressDetector, Replayer]]]:
+    made: list[tuple[XspressDetector, Replayer]] = []
+
+    def make(capture: Path, **options: Any) -> tuple[XspressDetector, Replayer]:
+        replayer = Replayer(capture).start()
+        with init_devices():
+            xspress = XspressDetector(
+                stream=replayer.endpoint,
+                socket="pull",
+                name="xspress",
+                path=tmp_path,
+                **options,
+            )
+        made.append((xspress, replayer))
+        return xspress, replayer
+
+    yield make
+    for xspress, replayer in made:
+        in_loop(xspress.unstage, timeout=60)
+        replayer.join()
+
+
+def check_events(events: list[dict[str, Any]], frames: list[Frame]) -> None:
+    assert len(events) == len(frames)
+    for event, frame in zip(events, frames, strict=True):
+        data = event["data"]
+        assert data["xspress-frame_number"] == frame.frame
+        assert data["xspress"].dtype == frame.spectra.dtype
+        np.testing.assert_array_equal(data["xspress"], frame.spectra)
+        for name in SCALERS:
+            np.testing.assert_array_equal(
+                data[f"xspress-{name}"], frame[name], err_msg=name
+            )
+        np.testing.assert_array_equal(
+            data["xspress-dtc"], frame["dead_time_correction"]
+        )
+        # the "total" default ROI is the whole spectrum, i.e. all_good
+        np.testing.assert_array_equal(
+            data["xspress-roi"][:, 0], frame.spectra.sum(axis=1)
+        )
+        np.testing.assert_array_equal(data["xspress-roi"][:, 0], frame["all_good"])
+
+
+@pytest.mark.parametrize(
+    ("capture", "n_frames"), [(DUMP, 20), (MULTIPART, 5)], ids=["legacy", "multipart"]
+)
+def test_count_replayed_capture(RE, docs, shared_data, passive, capture, n_frames):
+    path = shared_data / capture
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    _, frames = decode_capture(path)
+    assert len(frames) == n_frames
+    xspress, replayer = passive(path)
+    RE(count([xspress], n_frames))
+    replayer.join()
+    docs.assert_valid()
+    check_events(docs["event"], frames)
+    assert docs["stop"][0]["exit_status"] == "success"
+    summaries = xspress.run_summaries[-n_frames:]
+    assert all(s["frames_received"] == 1 for s in summaries)
+    # nothing arrives out of order or twice in these captures
+    assert xspress.anomalies == {}
+    # passive: no Tango control signals in the configuration
+    conf = docs["descriptor"][0]["configuration"]["xspress"]["data"]
+    assert not any("control" in key for key in conf)
+    assert conf["xspress-stream_endpoint"] == replayer.endpoint
+
+
+def test_passive_configuration_shows_the_header(RE, docs, shared_data, passive):
+    path = shared_data / MULTIPART
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    headers, frames = decode_capture(path)
+    xspress, replayer = passive(path)
+
+    def plan() -> Any:
+        # a user stages, then looks around for a moment before the first point
+        yield from bps.sleep(0.3)
+        for _ in frames:
+            yield from bps.trigger_and_read([xspress])
+
+    RE(bpp.stage_wrapper(bpp.run_wrapper(plan()), [xspress]))
+    replayer.join()
+    check_events(docs["event"], frames)
+    conf = docs["descriptor"][0]["configuration"]["xspress"]["data"]
+    # and the header that came before them, though no run was waiting for it
+    assert conf["xspress-header_filename"] == headers[0].filename
+    assert (
+        json.loads(conf["xspress-hardware_windows"]) == headers[0].to_wire()["limits"]
+    )
+
+
+def test_fly_scan_of_replayed_capture_to_hdf5(
+    RE, docs, shared_data, passive, fly, tmp_path
+):
+    """Passive fly scan: the 20 legacy-framed frames, in order, into one file."""
+    path = shared_data / DUMP
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    _, frames = decode_capture(path)
+    xspress, replayer = passive(path)
+    RE(fly(xspress, TriggerInfo(number_of_events=len(frames))))
+    replayer.join()
+    docs.assert_valid()
+    assert docs["stop"][0]["exit_status"] == "success"
+    datums = docs["stream_datum"]
+    assert {(d["indices"]["start"], d["indices"]["stop"]) for d in datums} <= {
+        (a, b) for a in range(21) for b in range(21) if a < b
+    }
+    assert max(d["indices"]["stop"] for d in datums) == len(frames)
+    (h5,) = tmp_path.glob("*.h5")
+    with h5py.File(h5, "r") as f:
+        g = f["/entry/instrument/xspress3"]
+        np.testing.assert_array_equal(g["frame_number"][:], [fr.frame for fr in frames])
+        for i, frame in enumerate(frames):
+            np.testing.assert_array_equal(g["data"][i], frame.spectra)
+            for name in SCALERS:
+                np.testing.assert_array_equal(g[name][i], frame[name], err_msg=name)
+            np.testing.assert_array_equal(
+                g["dead_time_correction"][i], frame["dead_time_correction"]
+            )
+    assert xspress.run_summaries[-1]["frames_received"] == len(frames)
+    assert xspress.anomalies == {}
