@@ -828,17 +828,6 @@ def test_fault_plan_applies_to_next_series_only(engine: Any) -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: FaultPlan.stall_after / fault_after / restart_publisher_after are "
-        "cleared only when they fire (sim/_engine.py _pump, _acquire, _emit); a "
-        "stall ended by Stop instead of release(), or a fault_after beyond the "
-        "series' last frame, carries over and hits the NEXT series, although "
-        "FaultPlan applies to 'the next series' (per-frame faults are cleared "
-        "after each series since fca65a0, these are not)"
-    ),
-)
 def test_stall_ended_by_stop_does_not_carry_over(engine: Any, wait_for: Any) -> None:
     det, stream = engine(channels=1)
     det.faults.stall_after = 0
@@ -854,14 +843,6 @@ def test_stall_ended_by_stop_does_not_carry_over(engine: Any, wait_for: Any) -> 
     assert stream.sequence()[3:] == ["header", 0, 1, 2, "series_end"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: a fault_after that did not fire in its series (series shorter than "
-        "fault_after) is kept and puts a later series in FAULT "
-        "(sim/_engine.py _acquire only clears it when it fires)"
-    ),
-)
 def test_unfired_fault_after_does_not_carry_over(engine: Any) -> None:
     det, stream = engine(channels=1)
     det.faults.fault_after = 3

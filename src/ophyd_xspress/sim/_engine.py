@@ -451,12 +451,8 @@ class SimulatedXspress3:
                         )
                     finally:
                         self._ready_for_sw_trigger = False
-                        # faults apply to one series (stall/restart/fault are
-                        # one-shot by construction)
-                        self.faults.drop_frames.clear()
-                        self.faults.drop_parts.clear()
-                        self.faults.repeat_frames.clear()
-                        self.faults.swap_frames.clear()
+                        # a FaultPlan applies to one series, fired or not
+                        self.faults.clear()
                         with self._lock:
                             if self._state is DevState.RUNNING:
                                 self._state = DevState.STANDBY
