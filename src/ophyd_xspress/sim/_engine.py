@@ -102,7 +102,8 @@ class FaultPlan:
     restart_publisher_after: int | None = None
     fault_after: int | None = None
     fault_status: str = (
-        "FAULT: hardware circular buffer overrun, frames lost; Stop and re-Arm"
+        "FAULT: hardware circular buffer overrun, frames lost; Init the device "
+        "and re-Arm"
     )
     _release: threading.Event = field(default_factory=threading.Event, repr=False)
 
