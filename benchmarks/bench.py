@@ -6,9 +6,11 @@ Prints a table and writes it as JSON. Measured so far:
    1/4/8 channels, on the real captures (looped, with the frame number rewritten
    so the series stays clean) and on simulated streams;
 2. the raw ZeroMQ ceiling in the same run: PUSH -> PULL between two processes,
-   3-part messages of 1/4/8 x 4096 uint32, a bare ``recv_multipart`` loop.
+   3-part messages of 1/4/8 x 4096 uint32, a bare ``recv_multipart`` loop;
+3. end-to-end: a fast publisher process -> passive ``XspressDetector`` fly scan
+   -> HDF5 -> StreamDatum, with frames lost, CPU % and RSS, at 4 and 8 channels.
 
-(End-to-end and memory-versus-frames figures are the next step of this harness.)
+(Peak RSS against 10k / 100k / 1M frames is the next step of this harness.)
 """
 
 from __future__ import annotations
@@ -194,6 +196,115 @@ def bench_raw_zmq(channels: int, n_frames: int) -> dict[str, Any]:
     }
 
 
+def _fast_publisher(endpoint: str, channels: int, n: int, ready: Any) -> None:
+    """Another process: a header, ``n`` simulator frames (8 distinct ones,
+    renumbered) and series_end on a bound PUSH socket, as fast as zmq allows."""
+    import zmq
+
+    from ophyd_xspress.protocol import StreamEncoder
+    from ophyd_xspress.sim import SimulatedXspress3
+
+    det = SimulatedXspress3(channels, endpoint="tcp://127.0.0.1:0")
+    enc = StreamEncoder("multipart")
+    pool = [
+        [bytes(p) for p in enc.encode_frame(det.expected_frame(0, i))[0]]
+        for i in range(8)
+    ]
+    header = [bytes(p) for p in enc.encode(det.header())[0]]
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, 10_000)
+    sock.bind(endpoint)
+    ready.wait()
+    sock.send_multipart(header)
+    for i in range(n):
+        m = pool[i % 8]
+        sock.send_multipart([_renumber(m[0], i), m[1], m[2]], copy=False)
+    sock.send_multipart([b'{"htype": "series_end"}'])
+    sock.close(linger=-1)
+    ctx.term()
+
+
+def bench_end_to_end(channels: int, n_frames: int, directory: Path) -> dict[str, Any]:
+    """Fast publisher process -> passive XspressDetector fly scan -> HDF5 ->
+    StreamDatum; frames/s sustained, frames lost, CPU %, peak RSS."""
+    import socket
+
+    import bluesky.plan_stubs as bps
+    import psutil
+    from bluesky import RunEngine
+    from ophyd_async.core import TriggerInfo, init_devices
+
+    from ophyd_xspress import XspressDetector
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"tcp://127.0.0.1:{port}"
+    spawn = mp.get_context("spawn")
+    ready = spawn.Event()
+    proc = spawn.Process(
+        target=_fast_publisher, args=(endpoint, channels, n_frames, ready)
+    )
+    proc.start()
+    RE = RunEngine({}, call_returns_result=True)  # noqa: N806
+    with init_devices():
+        xspress = XspressDetector(
+            stream=endpoint,
+            socket="pull",
+            channels=channels,
+            path=directory,
+            stall_timeout=30,
+        )
+    datums = 0
+
+    def count_docs(name: str, doc: Any) -> None:
+        nonlocal datums
+        datums += name == "stream_datum"
+
+    RE.subscribe(count_docs)
+    me = psutil.Process()
+    started: list[float] = []
+
+    def plan() -> Any:
+        yield from bps.stage(xspress, wait=True)
+        yield from bps.open_run()
+        yield from bps.prepare(
+            xspress, TriggerInfo(number_of_events=n_frames), wait=True
+        )
+        yield from bps.declare_stream(xspress, name="primary", collect=True)
+        yield from bps.kickoff(xspress, wait=True)
+        started.append(time.perf_counter())
+        ready.set()
+        yield from bps.collect_while_completing([xspress], [xspress], flush_period=0.5)
+        yield from bps.close_run()
+        yield from bps.unstage(xspress, wait=True)
+
+    cpu0 = me.cpu_times()
+    RE(plan())
+    dt = time.perf_counter() - started[0]
+    cpu1 = me.cpu_times()
+    proc.join(60)
+    summary = xspress.run_summaries[-1]
+    received = int(summary["frames_received"])  # type: ignore[call-overload]
+    for f in directory.glob("*.h5"):
+        f.unlink()
+    return {
+        "test": "end-to-end fly scan -> HDF5",
+        "source": "fast publisher process",
+        "framing": "multipart",
+        "channels": channels,
+        "frames": n_frames,
+        "frames_per_s": n_frames / dt,
+        "mb_per_s": n_frames * channels * 4096 * 4 / dt / 1e6,
+        "us_per_frame": dt / n_frames * 1e6,
+        "frames_lost": n_frames - received,
+        "cpu_percent": (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / dt * 100,
+        "peak_rss_mb": me.memory_info().rss / 1e6,
+        "stream_datum_docs": datums,
+    }
+
+
 def machine() -> dict[str, Any]:
     import zmq
 
@@ -222,6 +333,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(bench_decode_sim(ch, framing, n // 2))
     for ch in (1, 4, 8):
         rows.append(bench_raw_zmq(ch, n))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for ch in (4, 8):
+            rows.append(bench_end_to_end(ch, n, Path(tmp)))
     header = (
         f"{'test':<34} {'source':<26} {'framing':<9} {'ch':>3} "
         f"{'frames/s':>10} {'MB/s':>8} {'us/frame':>9}"
@@ -233,6 +349,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['test']:<34} {r['source']:<26} {r['framing']:<9} {r['channels']:>3} "
             f"{r['frames_per_s']:>10,.0f} {r['mb_per_s']:>8,.0f} "
             f"{r['us_per_frame']:>9.1f}"
+            + (
+                f"  lost {r['frames_lost']}, CPU {r['cpu_percent']:.0f} %, "
+                f"RSS {r['peak_rss_mb']:.0f} MB"
+                if "frames_lost" in r
+                else ""
+            )
         )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
