@@ -1,0 +1,313 @@
+# ruff: noqa: N803 - RE is the conventional RunEngine fixture name
+"""A fly scan interrupted from another thread (pause/resume, abort, stop, Ctrl-C)
+must end, Stop the device, end the receiver thread, leave a valid HDF5 file
+whose StreamDatum documents point only at frames really on disk, and leave the
+detector ready for the next scan.
+
+The scan: 3000 frames of 1 ms on the paced simulator (about 3 s), interrupted
+after 0.5 s.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from bluesky.plans import count
+from bluesky.utils import RunEngineInterrupted
+from ophyd_async.core import TriggerInfo
+
+from ophyd_xspress.sim import DevState
+
+N = 3000
+LIVETIME = 0.001
+DELAY = 0.5
+#: short, so that an orphaned complete() status (see the xfail below) ends soon
+STALL = 1.0
+
+
+def _receiver_threads() -> list[threading.Thread]:
+    return [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith("xspress-rx") and t.is_alive()
+    ]
+
+
+def _later(delay: float, action: Callable[[], Any]) -> threading.Thread:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        time.sleep(delay)
+        try:
+            action()
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True, name="interrupter")
+    thread.errors = errors  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+#: coroutines of the detector's complete() status and its watchers
+DETECTOR_TASKS = ("_wait_for_index", "_watch_fault", "RunTracker.wait")
+
+
+async def _detector_tasks() -> list[str]:
+    import asyncio
+
+    names = [repr(t.get_coro()) for t in asyncio.all_tasks()]
+    return [n for n in names if any(k in n for k in DETECTOR_TASKS)]
+
+
+def wait_detector_tasks_gone(in_loop: Any, timeout: float) -> list[str]:
+    """Wait until no task of a detector status runs in the RunEngine loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = in_loop(_detector_tasks)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def _assert_left_clean(RE: Any, sim: Any, docs: Any, tmp_path: Path) -> None:
+    assert RE.state == "idle", RE.state
+    assert sim.control.wait_idle(3), "the acquisition was not stopped"
+    deadline = time.monotonic() + 3
+    while sim.control.state != DevState.STANDBY and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sim.control.state == DevState.STANDBY
+    assert _receiver_threads() == [], "receiver thread outlived the scan"
+    (stop,) = docs["stop"]
+    assert stop["exit_status"] in ("success", "abort", "fail"), stop
+    if stop["exit_status"] != "success":
+        assert sim.control.n_frames_acquired < N, "the interrupt came too late"
+
+
+def _assert_next_scans_work(
+    RE: Any, sim: Any, xspress: Any, docs: Any, fly: Any, check_stream_docs: Any
+) -> None:
+    docs.clear()
+    series = sim.control.series_index + 1
+    RE(fly(xspress, TriggerInfo(number_of_events=10, livetime=LIVETIME)))
+    docs.assert_valid()
+    summary = xspress.run_summaries[-1]
+    assert summary["frames_received"] == 10, summary
+    assert summary["stale_discarded"] == 0, summary
+    assert check_stream_docs(docs, sim, series) == 10
+    docs.clear()
+    series = sim.control.series_index + 1
+    RE(count([xspress], 2))
+    events = docs["event"]
+    assert len(events) == 2
+    for i, event in enumerate(events):
+        np.testing.assert_array_equal(
+            event["data"]["xspress"], sim.control.expected_frame(series + i, 0).spectra
+        )
+    assert _receiver_threads() == []
+
+
+def _run(
+    RE: Any,
+    sim: Any,
+    make_xspress: Any,
+    docs: Any,
+    fly: Any,
+    tmp_path: Path,
+    check_stream_docs: Any,
+    check_file: Any,
+    in_loop: Any,
+    interrupt: Callable[[Any], Any],
+    after_interrupted: Callable[[Any], Any] | None,
+) -> Any:
+    xspress = make_xspress(stall_timeout=STALL)
+    series = sim.control.series_index + 1
+    thread = _later(DELAY, lambda: interrupt(RE))
+    outcome: Any = None
+    try:
+        outcome = RE(fly(xspress, TriggerInfo(number_of_events=N, livetime=LIVETIME)))
+    except RunEngineInterrupted as exc:
+        outcome = exc
+        if RE.state == "paused":
+            assert after_interrupted is not None, "paused, but not expected to"
+            try:
+                outcome = after_interrupted(RE)
+            except Exception as exc2:  # recorded: the run must still end
+                outcome = exc2
+    except Exception as exc:
+        outcome = exc
+    thread.join(10)
+    assert not thread.errors, thread.errors  # type: ignore[attr-defined]
+    docs.assert_valid()
+    _assert_left_clean(RE, sim, docs, tmp_path)
+    files = sorted(tmp_path.glob("*.h5"), key=lambda p: p.stat().st_mtime_ns)
+    # one file; a resumed (rewound) fly scan might prepare a second one
+    assert 1 <= len(files) <= 2, files
+    if len(files) == 1:
+        on_disk = check_file(files[0], sim, series)
+        covered = check_stream_docs(docs, sim, series)
+        assert covered <= on_disk
+    else:
+        check_file(files[0], sim, series)
+        check_file(files[1], sim, sim.control.series_index)
+    _assert_next_scans_work(RE, sim, xspress, docs, fly, check_stream_docs)
+    # no status of the interrupted run may outlive the test's event loop
+    assert wait_detector_tasks_gone(in_loop, STALL + 5) == []
+    print("outcome:", type(outcome).__name__, str(outcome)[:2000])
+    return outcome
+
+
+def test_pause_then_resume(
+    RE, sim, make_xspress, docs, fly, tmp_path, check_stream_docs, check_file, in_loop
+):
+    """request_pause() mid fly scan, then resume(): the run ends (completed or
+    cleanly ended) and the detector works afterwards."""
+
+    def resume(RE: Any) -> Any:
+        time.sleep(0.2)
+        return RE.resume()
+
+    outcome = _run(
+        RE,
+        sim,
+        make_xspress,
+        docs,
+        fly,
+        tmp_path,
+        check_stream_docs,
+        check_file,
+        in_loop,
+        lambda RE: RE.request_pause(),
+        resume,
+    )
+    # A fly scan has no checkpoint after kickoff: resuming rewinds and kicks off
+    # again. Either the scan completes, or it fails with a reason (seen: "cannot
+    # Arm: already RUNNING" or "Kickoff requested 410:3410, but detector was
+    # only prepared up to 3408"); it must never hang or leave the device running.
+    if isinstance(outcome, BaseException):
+        assert str(outcome), repr(outcome)
+    else:
+        assert outcome.exit_status in ("success", "fail", "abort"), outcome
+
+
+def test_immediate_pause_then_abort(
+    RE, sim, make_xspress, docs, fly, tmp_path, check_stream_docs, check_file, in_loop
+):
+    _run(
+        RE,
+        sim,
+        make_xspress,
+        docs,
+        fly,
+        tmp_path,
+        check_stream_docs,
+        check_file,
+        in_loop,
+        lambda RE: RE.request_pause(defer=False),
+        lambda RE: RE.abort("interrupted by the test"),
+    )
+
+
+def test_abort_from_another_thread(
+    RE, sim, make_xspress, docs, fly, tmp_path, check_stream_docs, check_file, in_loop
+):
+    _run(
+        RE,
+        sim,
+        make_xspress,
+        docs,
+        fly,
+        tmp_path,
+        check_stream_docs,
+        check_file,
+        in_loop,
+        lambda RE: RE.abort("KeyboardInterrupt"),
+        None,
+    )
+
+
+def test_stop_from_another_thread(
+    RE, sim, make_xspress, docs, fly, tmp_path, check_stream_docs, check_file, in_loop
+):
+    _run(
+        RE,
+        sim,
+        make_xspress,
+        docs,
+        fly,
+        tmp_path,
+        check_stream_docs,
+        check_file,
+        in_loop,
+        lambda RE: RE.stop(),
+        None,
+    )
+
+
+def test_double_sigint_then_abort(
+    RE, sim, make_xspress, docs, fly, tmp_path, check_stream_docs, check_file, in_loop
+):
+    """Ctrl-C twice (a real SIGINT to this process): the RunEngine pauses at
+    once; the user then aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("SIGINT handlers can only be installed from the main thread")
+    stray: list[int] = []
+    # RunEngine installs its own handler for the run and restores this one after:
+    # a SIGINT arriving outside the run must not kill the test session.
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stray.append(signum))
+
+    def ctrl_c_twice(RE: Any) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        if RE.state == "running":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        _run(
+            RE,
+            sim,
+            make_xspress,
+            docs,
+            fly,
+            tmp_path,
+            check_stream_docs,
+            check_file,
+            in_loop,
+            ctrl_c_twice,
+            lambda RE: RE.abort("KeyboardInterrupt"),
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert stray == [], "SIGINT arrived outside the run (not handled by RunEngine)"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: unstage does not end the complete() status of an aborted fly "
+    "scan: XspressDetector._wait_for_index's guard (device/_detector.py:286-298) "
+    "keeps RunTracker.wait (transport/_receiver.py:264-290, which never checks "
+    "RunTracker.closed) and XspressRuntime._watch_fault (polling Tango every "
+    "0.5 s) running until stall_timeout expires",
+)
+def test_aborted_fly_scan_leaves_no_detector_task_running(
+    RE, sim, make_xspress, fly, in_loop
+):
+    xspress = make_xspress(stall_timeout=5.0)
+    thread = _later(DELAY, lambda: RE.abort("interrupted by the test"))
+    with pytest.raises(RunEngineInterrupted):
+        RE(fly(xspress, TriggerInfo(number_of_events=N, livetime=LIVETIME)))
+    thread.join(10)
+    assert RE.state == "idle"
+    assert _receiver_threads() == []  # unstaged: the run is over
+    left = wait_detector_tasks_gone(in_loop, 1.0)
+    # let them end before the loop closes (else: "Task was destroyed" noise)
+    assert wait_detector_tasks_gone(in_loop, 15.0) == []
+    assert left == [], f"still running 1 s after unstage: {left}"
