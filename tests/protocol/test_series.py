@@ -6,6 +6,8 @@ import dataclasses
 import logging
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ophyd_xspress.protocol import (
     Anomaly,
@@ -17,6 +19,7 @@ from ophyd_xspress.protocol import (
     StreamEncoder,
     format_ranges,
 )
+from ophyd_xspress.protocol._series import MAX_KEPT_SERIES, FrameSet
 
 LOGGER = "ophyd_xspress.protocol"
 
@@ -208,7 +211,7 @@ def test_series_end_before_any_header():
     (anomaly,) = tracker.anomalies
     assert anomaly.series is None
     assert anomaly.message == "series_end received before any header"
-    assert tracker.series == []
+    assert list(tracker.series) == []
 
 
 def test_frame_after_series_end(stream, caplog):
@@ -445,3 +448,42 @@ def test_stray_streak_is_summed_up_at_the_next_header(stream, caplog):
         caplog.text
     )
     assert decoder.tracker.series[0].frames_received == 1
+
+
+@given(st.lists(st.integers(min_value=0, max_value=60), max_size=80))
+def test_frame_set_matches_a_set(frames: list[int]) -> None:
+    seen = FrameSet()
+    reference: set[int] = set()
+    for f in frames:
+        seen.add(f)
+        reference.add(f)
+        assert f in seen
+    assert len(seen) == len(reference)
+    assert all((k in seen) == (k in reference) for k in range(-2, 64))
+    intervals = seen.intervals
+    # disjoint, sorted, never adjacent (adjacent intervals are merged)
+    assert all(a < b for a, b in intervals)
+    assert all(b1 < a2 for (_, b1), (a2, _) in zip(intervals, intervals[1:]))
+
+
+def test_frame_set_in_order_series_is_one_interval() -> None:
+    seen = FrameSet()
+    for f in range(100_000):
+        seen.add(f)
+    assert seen.intervals == [(0, 100_000)]
+
+
+def test_tracker_forgets_old_series_but_keeps_counting() -> None:
+    tracker = SeriesTracker()
+    for _ in range(MAX_KEPT_SERIES + 10):
+        tracker.on_header(None)
+        tracker.check_frame(0)
+        tracker.check_frame(2)  # frame 1 missing
+        tracker.on_series_end()
+    assert len(tracker.series) == MAX_KEPT_SERIES
+    assert tracker.series[-1].index == MAX_KEPT_SERIES + 9
+    assert tracker.series_started == MAX_KEPT_SERIES + 10
+    assert tracker.counts["missing"] == MAX_KEPT_SERIES + 10
+    # a closed series keeps its counts, not its per-frame bookkeeping
+    assert tracker.series[0].seen.intervals == []
+    assert tracker.series[0].missing_frames == [1]

@@ -123,14 +123,6 @@ def _feed_series(decoder: StreamDecoder, sim: SimulatedXspress3, frames: int) ->
         decoder.feed(message)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: StreamDecoder never forgets a finished series: SeriesTracker "
-    "appends every SeriesState to self.series (protocol/_series.py:185-186) and "
-    "each keeps its `seen` set of every frame number (protocol/_series.py:98, "
-    "276), so a StreamReceiver's decoder (one per detector, kept across "
-    "stage/unstage) grows by ~60 bytes per frame ever received",
-)
 def test_decoder_memory_does_not_grow_with_finished_series() -> None:
     import gc
     import tracemalloc

@@ -10,11 +10,19 @@ framing. Each anomaly is counted and logged once, with its frame numbers.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_right
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-__all__ = ["Anomaly", "AnomalyKind", "SeriesState", "SeriesTracker", "format_ranges"]
+__all__ = [
+    "Anomaly",
+    "AnomalyKind",
+    "FrameSet",
+    "SeriesState",
+    "SeriesTracker",
+    "format_ranges",
+]
 
 log = logging.getLogger("ophyd_xspress.protocol")
 
@@ -36,6 +44,9 @@ MAX_KEPT_ANOMALIES: Final = 10_000
 #: Missing frame numbers listed per series; beyond, gaps are only counted (a
 #: garbled frame number must not make the tracker materialise a huge range).
 MAX_PENDING_MISSING: Final = 100_000
+#: Finished series kept for inspection by a long-lived tracker; older ones are
+#: forgotten (their anomalies stay counted in :attr:`SeriesTracker.counts`).
+MAX_KEPT_SERIES: Final = 256
 
 
 def _plural(n: int) -> str:
@@ -84,6 +95,58 @@ class Anomaly:
     message: str
 
 
+class FrameSet:
+    """The frame numbers received, as disjoint half-open intervals.
+
+    Memory grows with the number of gaps, not of frames: an in-order series of
+    a million frames is one interval. Adding the next frame in order is O(1);
+    any other add or lookup is a binary search.
+    """
+
+    __slots__ = ("_starts", "_stops")
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._stops: list[int] = []
+
+    def __contains__(self, frame: int) -> bool:
+        i = bisect_right(self._starts, frame) - 1
+        return i >= 0 and frame < self._stops[i]
+
+    def __len__(self) -> int:
+        return sum(b - a for a, b in zip(self._starts, self._stops, strict=True))
+
+    @property
+    def intervals(self) -> list[tuple[int, int]]:
+        """The received frames as ``(start, stop)`` half-open intervals."""
+        return list(zip(self._starts, self._stops, strict=True))
+
+    def add(self, frame: int) -> None:
+        starts, stops = self._starts, self._stops
+        if stops and stops[-1] == frame:  # the next frame in order
+            stops[-1] = frame + 1
+            return
+        i = bisect_right(starts, frame) - 1
+        if i >= 0 and frame < stops[i]:
+            return
+        joins_left = i >= 0 and stops[i] == frame
+        joins_right = i + 1 < len(starts) and starts[i + 1] == frame + 1
+        if joins_left and joins_right:
+            stops[i] = stops[i + 1]
+            del starts[i + 1], stops[i + 1]
+        elif joins_left:
+            stops[i] = frame + 1
+        elif joins_right:
+            starts[i + 1] = frame
+        else:
+            starts.insert(i + 1, frame)
+            stops.insert(i + 1, frame + 1)
+
+    def clear(self) -> None:
+        self._starts.clear()
+        self._stops.clear()
+
+
 @dataclass
 class SeriesState:
     """What one series (header to series_end) delivered."""
@@ -95,7 +158,9 @@ class SeriesState:
     ended: bool = False
     closed: bool = False
     end_count: int = 0
-    seen: set[int] = field(default_factory=set)
+    #: Frame numbers received (cleared when the series closes: later frames
+    #: are strays, never checked against it).
+    seen: FrameSet = field(default_factory=FrameSet)
     #: Missing frame numbers, listed (at most :data:`MAX_PENDING_MISSING`).
     pending_missing: set[int] = field(default_factory=set)
     #: Missing frames beyond the listed ones: counted, not listed.
@@ -120,7 +185,10 @@ class SeriesTracker:
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.log = logger or log
-        self.series: list[SeriesState] = []
+        #: The most recent series (at most :data:`MAX_KEPT_SERIES`).
+        self.series: deque[SeriesState] = deque(maxlen=MAX_KEPT_SERIES)
+        #: How many series have started (the next series' index).
+        self.series_started = 0
         self.current: SeriesState | None = None
         self.counts: Counter[str] = Counter()
         self._stray_streak: list[int] = []
@@ -179,10 +247,11 @@ class SeriesTracker:
                 "header_before_series_end",
                 f"series {previous.index}: new header before series_end after "
                 f"{previous.frames_received} frames; starting series "
-                f"{len(self.series)}",
+                f"{self.series_started}",
                 series=previous,
             )
-        state = SeriesState(index=len(self.series), filename=filename)
+        state = SeriesState(index=self.series_started, filename=filename)
+        self.series_started += 1
         self.series.append(state)
         self.current = state
         return state
@@ -282,6 +351,7 @@ class SeriesTracker:
         if state.closed:
             return
         state.closed = True
+        state.seen.clear()
         total = state.missing_count
         if total:
             frames = tuple(sorted(state.pending_missing))
