@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 
 import pytest
@@ -463,7 +464,7 @@ def test_frame_set_matches_a_set(frames: list[int]) -> None:
     intervals = seen.intervals
     # disjoint, sorted, never adjacent (adjacent intervals are merged)
     assert all(a < b for a, b in intervals)
-    assert all(b1 < a2 for (_, b1), (a2, _) in zip(intervals, intervals[1:]))
+    assert all(b1 < a2 for (_, b1), (a2, _) in itertools.pairwise(intervals))
 
 
 def test_frame_set_in_order_series_is_one_interval() -> None:
