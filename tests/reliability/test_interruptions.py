@@ -289,14 +289,6 @@ def test_double_sigint_then_abort(
     assert stray == [], "SIGINT arrived outside the run (not handled by RunEngine)"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: unstage does not end the complete() status of an aborted fly "
-    "scan: XspressDetector._wait_for_index's guard (device/_detector.py:286-298) "
-    "keeps RunTracker.wait (transport/_receiver.py:264-290, which never checks "
-    "RunTracker.closed) and XspressRuntime._watch_fault (polling Tango every "
-    "0.5 s) running until stall_timeout expires",
-)
 def test_aborted_fly_scan_leaves_no_detector_task_running(
     RE, sim, make_xspress, fly, in_loop
 ):

@@ -282,6 +282,7 @@ class XspressDetector(StandardDetector):
             )
         task = asyncio.current_task()
         failure: list[BaseException] = []
+        ended: list[bool] = []
 
         async def guard() -> None:
             if run is None:
@@ -292,6 +293,15 @@ class XspressDetector(StandardDetector):
                 raise
             except BaseException as exc:
                 failure.append(exc)
+                if task is not None:
+                    task.cancel()
+                return
+            if run.closed and not run.done:
+                # unstaged mid-acquisition (an aborted or stopped plan): end
+                # this status now rather than let it wait for frames that will
+                # never come. It ends quietly: failing it would turn the
+                # RunEngine's abort into a FailedStatus.
+                ended.append(True)
                 if task is not None:
                     task.cancel()
 
@@ -313,6 +323,17 @@ class XspressDetector(StandardDetector):
         except asyncio.CancelledError:
             if failure:
                 raise failure[0] from None
+            if ended:
+                if task is not None:
+                    task.uncancel()  # the cancel was ours, and is handled
+                log.info(
+                    "%s: complete() ended: the detector was unstaged after %d of "
+                    "%d frames",
+                    self.name,
+                    len(run.received) if run is not None else 0,
+                    collections_requested,
+                )
+                return
             raise
         except TimeoutError as exc:
             # only ophyd-async's own (generic) time-out gets the stream facts;

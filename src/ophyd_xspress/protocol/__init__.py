@@ -50,7 +50,14 @@ from ._physics import (
     roi_sums,
     stream_ocr_as_rate,
 )
-from ._series import Anomaly, AnomalyKind, SeriesState, SeriesTracker, format_ranges
+from ._series import (
+    Anomaly,
+    AnomalyKind,
+    FrameSet,
+    SeriesState,
+    SeriesTracker,
+    format_ranges,
+)
 
 __all__ = [
     "CLOCK_HZ",
@@ -65,6 +72,7 @@ __all__ = [
     "DeadTime",
     "DeadTimeWarning",
     "Frame",
+    "FrameSet",
     "Framing",
     "HeaderMessage",
     "ImageMessage",

@@ -142,6 +142,29 @@ class FrameSet:
             starts.insert(i + 1, frame)
             stops.insert(i + 1, frame + 1)
 
+    def prefix(self) -> int:
+        """``n`` such that frames ``0 .. n-1`` were all received."""
+        if self._starts and self._starts[0] <= 0:
+            return max(0, self._stops[0])
+        return 0
+
+    def gaps(self, stop: int, limit: int | None = None) -> list[int]:
+        """The frames in ``0 .. stop-1`` not received (at most ``limit``)."""
+        out: list[int] = []
+        expect = 0
+        for a, b in zip(self._starts, self._stops, strict=True):
+            if a >= stop:
+                break
+            if a > expect:
+                out.extend(range(expect, a))
+                if limit is not None and len(out) >= limit:
+                    return out[:limit]
+            expect = max(expect, b)
+        if expect < stop:
+            top = stop if limit is None else min(stop, expect + limit - len(out))
+            out.extend(range(expect, top))
+        return out if limit is None else out[:limit]
+
     def clear(self) -> None:
         self._starts.clear()
         self._stops.clear()

@@ -37,6 +37,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from ..protocol import (
     Frame,
+    FrameSet,
     HeaderMessage,
     OutOfSeriesError,
     ProtocolError,
@@ -101,7 +102,7 @@ class RunTracker:
         self.awaiting_header = active
         self.header: HeaderMessage | None = None
         self.series_ended = False
-        self.received: set[int] = set()
+        self.received = FrameSet()
         self.contiguous = 0  # frames 0..contiguous-1 all arrived
         self.counts: Counter[str] = Counter()
         self.repeated: list[int] = []
@@ -187,8 +188,7 @@ class RunTracker:
         self.sink.put(self.row_offset + number, frame)
         self.received.add(number)
         self.last_frame_time = time.monotonic()
-        while self.contiguous in self.received:
-            self.contiguous += 1
+        self.contiguous = self.received.prefix()
 
     def _next_passive(self) -> int:
         return len(self.received)
@@ -223,7 +223,7 @@ class RunTracker:
     @property
     def missing(self) -> list[int]:
         top = self.expected if self.expected is not None else self._highest + 1
-        return [n for n in range(top) if n not in self.received]
+        return self.received.gaps(top)
 
     def _expected_text(self) -> str:
         return str(self.expected) if self.expected is not None else "?"
@@ -264,7 +264,8 @@ class RunTracker:
     async def wait(
         self, stall_timeout: float, check: Callable[[], None] | None = None
     ) -> None:
-        """Wait until the run has its frames; raise on stall, error or ``check``."""
+        """Wait until the run has its frames or is ended (:meth:`StreamReceiver.end`);
+        raise on stall, error or ``check``."""
         loop = asyncio.get_running_loop()
         event = asyncio.Event()
         entry = (loop, event)
@@ -274,6 +275,10 @@ class RunTracker:
                 if self.error is not None:
                     raise self.error
                 if self.done:
+                    return
+                if self.closed:
+                    # ended (detector unstaged) before it had its frames: an
+                    # interrupted plan's cleanup, nothing to wait for any more
                     return
                 if check is not None:
                     check()
@@ -419,6 +424,7 @@ class StreamReceiver:
             run.closed = True
             if self._run is run:
                 self._run = None
+        run._notify()  # wake its waiters: the run is over
 
     # -- thread ------------------------------------------------------------------------
     def _serve(self) -> None:
