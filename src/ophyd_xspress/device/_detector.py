@@ -9,8 +9,10 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from bluesky.utils import NoReplayAllowed
 from ophyd_async.core import (
     DEFAULT_TIMEOUT,
+    AsyncStatus,
     DeviceMock,
     PathProvider,
     SignalR,
@@ -19,12 +21,13 @@ from ophyd_async.core import (
     StreamableDataProvider,
     TriggerInfo,
     UUIDFilenameProvider,
+    WatchableAsyncStatus,
     WatcherUpdate,
     soft_signal_r_and_setter,
 )
 from ophyd_async.tango.core import get_full_attr_trl, tango_signal_r
 
-from ..transport import StreamStalledError
+from ..transport import RunTracker, StreamStalledError
 from ._control import XspressControl
 from ._logics import (
     XspressAcquireLogic,
@@ -111,6 +114,10 @@ class XspressDetector(StandardDetector):
             raise ValueError(f"data must be 'auto', 'inline' or 'hdf5', not {data!r}")
         self._tango_trl = tango
         self._channels_given = channels
+        #: the latest trigger() / complete() status, and the run a pause found
+        #: in progress (see :meth:`pause`)
+        self._busy_status: AsyncStatus | WatchableAsyncStatus[int] | None = None
+        self._paused_run: RunTracker | None = None
         self._roi_spec = (rois, bin_rois)
         self.control = XspressControl(tango) if tango else None
         cal = Calibration(*calibration)
@@ -346,6 +353,62 @@ class XspressDetector(StandardDetector):
             await inner.aclose()
         if failure:
             raise failure[0]
+
+    # -- RunEngine pause / resume -------------------------------------------------
+    def trigger(self) -> AsyncStatus:  # type: ignore[override]
+        status = cast(AsyncStatus, super().trigger())
+        self._busy_status = status
+        return status
+
+    def complete(self) -> WatchableAsyncStatus[int]:  # type: ignore[override]
+        status = cast(WatchableAsyncStatus[int], super().complete())
+        self._busy_status = status
+        return status
+
+    async def pause(self) -> None:
+        """The RunEngine pauses: an acquisition in progress keeps going.
+
+        The detector has no pause command, and replaying the plan from its last
+        checkpoint would arm it again while it is still acquiring. So while
+        frames are due this refuses the replay
+        (:class:`~bluesky.utils.NoReplayAllowed`): frames keep arriving and
+        being written during the pause, and :meth:`resume` waits for the rest
+        of them (a fly scan's ``complete()`` or a step's ``trigger()``). Abort
+        or stop instead to end the acquisition early.
+        """
+        run = self._rt.run
+        if run is not None and not run.done and not run.closed:
+            self._paused_run = run
+            log.warning(
+                "%s: paused while acquiring (%d of %s frames so far): the "
+                "acquisition continues; resume waits for the rest, abort or stop "
+                "ends it",
+                self.name,
+                len(run.received),
+                run.expected if run.expected is not None else "?",
+            )
+            raise NoReplayAllowed()
+        self._paused_run = None
+
+    async def resume(self) -> None:
+        """After a pause mid-acquisition, wait for the acquisition to finish.
+
+        The RunEngine forgets a ``wait`` it interrupted, so a resumed fly plan
+        would otherwise collect what is on disk at that moment and end early.
+        Waiting here for the ``complete()`` (or ``trigger()``) status gives the
+        plan every frame.
+        A failure (stalled stream, FAULT) is logged here and fails the status,
+        which the RunEngine reports.
+        """
+        run, self._paused_run = self._paused_run, None
+        status = self._busy_status
+        if run is None or run.closed or status is None or status.done:
+            return
+        log.info("%s: resuming: waiting for the acquisition to finish", self.name)
+        try:
+            await status
+        except Exception as exc:
+            log.error("%s: the acquisition failed during the pause: %s", self.name, exc)
 
     async def read_configuration(self):  # type: ignore[no-untyped-def]
         header = self._rt.last_header
