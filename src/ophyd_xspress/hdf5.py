@@ -25,18 +25,32 @@ dataset                    shape               meaning
 =========================  ==================  =======================================
 
 Row ``i`` holds frame ``i`` of the run whatever order frames arrive in; rows of
-frames never received stay zero and ``frame_number`` -1. Frames are written in
-batches (one write per dataset per contiguous block, no per-frame resize) with
-SWMR on, and flushed before the frames-written counter advances, so a reader
-(tiled) never sees a row promised but not on disk.
+frames never received stay zero and ``frame_number`` -1.
+
+How frames reach the disk at the detector's full rate: the receiver thread
+copies each frame into a preallocated block of rows (spectra, and the raw
+metadata pickle bytes when the decoder recognised its layout, so the scalers of
+a whole block become columns without per-frame work). Full blocks, or a partial
+block once its first frame is ``flush_period`` old, go to a dedicated writer
+thread through a bounded pool (back-pressure, no unbounded memory). The writer
+thread writes the spectra of whole chunks with ``write_direct_chunk`` (no
+HDF5 chunk cache, no per-frame call), everything else with one call per dataset
+per block, computes the dead-time quantities for the block at once, and
+flushes the file (SWMR) at most every ``flush_period`` and whenever it runs
+out of work. Only rows flushed to disk count as written
+(:attr:`Hdf5FrameWriter.durable`), so a reader (tiled) never sees a row
+promised but not on disk.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import queue
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any, Final
 
@@ -44,7 +58,7 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
-from .protocol import CLOCK_HZ, Frame, correct, dead_time, roi_sums
+from .protocol import CLOCK_HZ, Frame, FrameSet, correct, dead_time, roi_sums
 
 __all__ = ["GROUP", "RAW_SCALERS", "DatasetSpec", "Hdf5FrameWriter", "dataset_specs"]
 
@@ -68,6 +82,14 @@ DERIVED: Final = (
     ("live_time", "<f8", "s"),
     ("input_count_rate", "<f8", "counts/s"),
 )
+#: Target size of one HDF5 chunk (the spectra of 16 frames of 4 x 4096 uint32).
+CHUNK_BYTES: Final = 1 << 20
+#: Target size of the spectra of one block handed to the writer thread.
+BLOCK_BYTES: Final = 8 << 20
+#: Blocks in the pool: the most the receiver can be ahead of the disk.
+MAX_BLOCKS: Final = 8
+#: How long the receiver waits for a free block before declaring the writer stuck.
+STUCK_TIMEOUT: Final = 60.0
 
 
 @dataclass(frozen=True)
@@ -84,10 +106,8 @@ class DatasetSpec:
         return f"{GROUP}/{self.name}"
 
     def chunk_rows(self) -> int:
-        per_row = (
-            int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
-        )
-        return max(1, min(4096, (256 * 1024) // max(1, per_row)))
+        per_row = math.prod(self.shape) * np.dtype(self.dtype).itemsize
+        return max(1, min(4096, CHUNK_BYTES // max(1, per_row)))
 
 
 def dataset_specs(
@@ -110,10 +130,53 @@ def dataset_specs(
     return specs
 
 
-class Hdf5FrameWriter:
-    """Buffers frames by row and writes them in batches (receiver-thread use).
+@dataclass(eq=False)
+class _Block:
+    """Rows ``start .. start + capacity - 1`` of the file, filled by the receiver."""
 
-    ``windows``: software ROI bin windows, ``(channels, R, 2)`` inclusive.
+    spectra: npt.NDArray[Any]  # (rows, channels, bins)
+    columns: dict[str, npt.NDArray[Any]]  # per-frame metadata columns
+    frame_number: npt.NDArray[np.int64]
+    present: npt.NDArray[np.bool_]
+    via_raw: npt.NDArray[np.bool_]
+    start: int = 0
+    capacity: int = 0
+    filled: int = 0  # highest filled index + 1
+    born: float = 0.0
+    layout: Any = None  # the metadata layout of the raw rows
+    meta: npt.NDArray[np.uint8] | None = None  # (rows, pickle size) raw bytes
+    pooled: bool = True
+
+    def reset(self, start: int, capacity: int) -> None:
+        self.start, self.capacity, self.filled = start, capacity, 0
+        self.born = time.monotonic()
+        self.layout = None
+        self.present[:] = False
+        self.via_raw[:] = False
+        self.frame_number[:] = -1
+        for col in self.columns.values():
+            col[:] = 0
+
+
+@dataclass
+class _Stats:
+    blocks: int = 0
+    direct_chunks: int = 0
+    file_flushes: int = 0
+    stragglers: int = 0
+    pool_waits: int = 0
+    write_seconds: float = 0.0
+    flush_seconds: float = 0.0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Hdf5FrameWriter:
+    """Writes a run's frames to HDF5 from the receiver thread, at full rate.
+
+    ``put(row, frame)`` and ``flush()`` are called by the receiver thread;
+    ``open()`` / ``close()`` by the owner. ``windows``: software ROI bin windows,
+    ``(channels, R, 2)`` inclusive. ``on_flushed`` (if set) is called on the
+    writer thread each time more rows are safely on disk.
     """
 
     def __init__(
@@ -127,6 +190,9 @@ class Hdf5FrameWriter:
         window_counts: bool = False,
         clock_hz: float = CLOCK_HZ,
         spectra_dtype: str = "<u4",
+        flush_period: float = 0.1,
+        block_bytes: int = BLOCK_BYTES,
+        max_blocks: int = MAX_BLOCKS,
     ) -> None:
         self.path = Path(path)
         self.channels = channels
@@ -135,6 +201,8 @@ class Hdf5FrameWriter:
         self.n_rois = int(self.windows.shape[1])
         self.expected = expected
         self.clock_hz = clock_hz
+        self.flush_period = flush_period
+        self.spectra_dtype = np.dtype(spectra_dtype)
         self.specs = dataset_specs(
             channels,
             bins,
@@ -142,124 +210,420 @@ class Hdf5FrameWriter:
             spectra_dtype=spectra_dtype,
             window_counts=window_counts,
         )
-        self._pending: dict[int, Frame] = {}
-        self._lock = threading.Lock()
+        self._window_counts = window_counts
+        self.chunk = self.specs[0].chunk_rows()
+        row_bytes = channels * bins * self.spectra_dtype.itemsize
+        self.block_rows = self.chunk * max(1, block_bytes // (self.chunk * row_bytes))
+        self.max_blocks = max(2, max_blocks)
+        #: Rows safely on disk (written and flushed), absolute row numbers.
+        self.durable = FrameSet()
+        self.on_flushed: Callable[[], None] | None = None
+        self.stats = _Stats()
+        self.error: BaseException | None = None
+        self._error_raised = False
+        self._lock = threading.Lock()  # receiver thread vs close()
         self._file: h5py.File | None = None
         self._datasets: dict[str, h5py.Dataset] = {}
         self.rows = 0  # current dataset length
-        self.frames_written = 0
+        self._current: _Block | None = None
+        self._next_row = 0  # rows below this were handed to the writer thread
+        self._put_since_flush = False
+        self._free: queue.Queue[_Block] = queue.Queue()
+        self._made = 0
+        self._work: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._thread: threading.Thread | None = None
         self.warned_shape = False
 
     # -- file ----------------------------------------------------------------
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         f = h5py.File(self.path, "w", libver="latest")
-        group = f.require_group(GROUP)
-        entry = f["/entry"]
-        entry.attrs["NX_class"] = "NXentry"
-        group.attrs["NX_class"] = "NXdetector"
-        initial = self.expected or 0
-        for spec in self.specs:
-            ds = group.create_dataset(
-                spec.name,
-                shape=(initial, *spec.shape),
-                maxshape=(None, *spec.shape),
-                dtype=spec.dtype,
-                chunks=(spec.chunk_rows(), *spec.shape),
-                fillvalue=-1 if spec.name == "frame_number" else 0,
+        try:
+            group = f.require_group(GROUP)
+            entry = f["/entry"]
+            entry.attrs["NX_class"] = "NXentry"
+            group.attrs["NX_class"] = "NXdetector"
+            initial = self.expected or 0
+            for spec in self.specs:
+                ds = group.create_dataset(
+                    spec.name,
+                    shape=(initial, *spec.shape),
+                    maxshape=(None, *spec.shape),
+                    dtype=spec.dtype,
+                    chunks=(spec.chunk_rows(), *spec.shape),
+                    fillvalue=-1 if spec.name == "frame_number" else 0,
+                )
+                if spec.units:
+                    ds.attrs["units"] = spec.units
+                self._datasets[spec.name] = ds
+            self._datasets["output_count_rate"].attrs["note"] = (
+                "all_good / (clock_ticks / 80 MHz) in counts/s; the stream's "
+                "output_count_rate field is all_good / (ticks * 80e6), a units bug "
+                "in the device, and is not stored"
             )
-            if spec.units:
-                ds.attrs["units"] = spec.units
-            self._datasets[spec.name] = ds
-        self._datasets["output_count_rate"].attrs["note"] = (
-            "all_good / (clock_ticks / 80 MHz) in counts/s; the stream's "
-            "output_count_rate field is all_good / (ticks * 80e6), a units bug in "
-            "the device, and is not stored"
-        )
-        if self.n_rois:
-            self._datasets["roi"].attrs["windows"] = self.windows
-        f.swmr_mode = True
+            if self.n_rois:
+                self._datasets["roi"].attrs["windows"] = self.windows
+            f.swmr_mode = True
+        except BaseException:
+            f.close()
+            self._datasets = {}
+            raise
         self._file = f
         self.rows = initial
+        self._thread = threading.Thread(
+            target=self._serve, name=f"xspress-h5writer-{self.path.name}", daemon=True
+        )
+        self._thread.start()
 
     def close(self) -> None:
-        # The receiver thread may be flushing: the lock makes close wait for it.
+        """Write what is pending, stop the writer thread, close the file.
+
+        Raises the writer's error if it was never reported by put/flush.
+        """
         with self._lock:
-            if self._file is not None:
-                try:
-                    self._flush_locked()
-                finally:
-                    self._file.close()
-                    self._file = None
-                    self._datasets = {}
+            thread, self._thread = self._thread, None
+            if thread is not None:
+                if self._current is not None and self._current.filled:
+                    self._handoff()
+                self._work.put(("stop", None))
+                thread.join()
+            f, self._file = self._file, None
+            self._datasets = {}
+            if f is not None:
+                f.close()
+            if self.error is not None and not self._error_raised:
+                self._error_raised = True
+                raise self.error
 
     @property
     def is_open(self) -> bool:
         return self._file is not None
 
-    # -- FrameSink -------------------------------------------------------------
+    @property
+    def frames_written(self) -> int:
+        """How many rows hold a frame and are flushed to disk."""
+        return len(self.durable)
+
+    # -- FrameSink (receiver thread) ------------------------------------------
     def put(self, row: int, frame: Frame) -> None:
-        if frame.spectra.shape != (self.channels, self.bins):
+        spectra = frame.spectra
+        if spectra.shape != (self.channels, self.bins):
             raise ValueError(
-                f"frame {frame.frame} has shape {frame.spectra.shape}, the file "
+                f"frame {frame.frame} has shape {spectra.shape}, the file "
                 f"{self.path} was opened for {(self.channels, self.bins)}"
             )
         with self._lock:
-            self._pending[row] = frame
+            self._check_error()
+            if self._thread is None:
+                raise RuntimeError(f"{self.path}: frame {frame.frame} put after close")
+            blk = self._current
+            if blk is None or not blk.start <= row < blk.start + blk.capacity:
+                if row < self._next_row or (blk is not None and row < blk.start):
+                    # a late frame for rows already handed over: its own write
+                    self.stats.stragglers += 1
+                    self._work.put(("row", (row, frame)))
+                    self._put_since_flush = True
+                    return
+                if blk is not None:
+                    self._handoff()
+                blk = self._new_block(row)
+            self._fill(blk, row - blk.start, frame)
+            self._put_since_flush = True
+            if blk.filled == blk.capacity:  # a hole still open becomes a straggler
+                self._handoff()
 
     def flush(self) -> None:
+        """After a batch of messages: hand a partial block over once it is
+        ``flush_period`` old, or at once when the stream went quiet."""
         with self._lock:
-            self._flush_locked()
+            self._check_error()
+            blk = self._current
+            if blk is not None and blk.filled:
+                quiet = not self._put_since_flush
+                if quiet or time.monotonic() - blk.born >= self.flush_period:
+                    self._handoff()
+            self._put_since_flush = False
 
-    def _flush_locked(self) -> None:
-        if not self._pending or self._file is None:
-            return
-        pending, self._pending = self._pending, {}
-        rows = sorted(pending)
-        top = rows[-1] + 1
-        if top > self.rows:
-            for ds in self._datasets.values():
-                ds.resize(top, axis=0)
-            self.rows = top
-        start = 0
-        for i in range(1, len(rows) + 1):
-            if i == len(rows) or rows[i] != rows[i - 1] + 1:
-                block = [pending[r] for r in rows[start:i]]
-                self._write_block(rows[start], block)
-                start = i
-        self._file.flush()
-        self.frames_written += len(rows)
+    # -- blocks (receiver thread, under the lock) --------------------------------
+    def _check_error(self) -> None:
+        if self.error is not None:
+            self._error_raised = True
+            raise self.error
 
-    def _write_block(self, row: int, frames: Sequence[Frame]) -> None:
-        n = len(frames)
-        sl = slice(row, row + n)
-        ds = self._datasets
-        spectra = np.stack([f.spectra for f in frames])
-        ds["data"][sl] = spectra
-        scal = {
-            name: np.stack([f.metadata[name] for f in frames]) for name, _, _ in SCALERS
+    def _alloc(self, rows: int, pooled: bool) -> _Block:
+        ch = self.channels
+        columns: dict[str, npt.NDArray[Any]] = {
+            name: np.zeros((rows, ch), dtype) for name, dtype, _ in SCALERS
         }
-        for name, value in scal.items():
-            ds[name][sl] = value
+        if self._window_counts:
+            columns["window_counts"] = np.zeros((rows, 2, ch), np.uint32)
+        return _Block(
+            spectra=np.empty((rows, ch, self.bins), self.spectra_dtype),
+            columns=columns,
+            frame_number=np.full(rows, -1, np.int64),
+            present=np.zeros(rows, bool),
+            via_raw=np.zeros(rows, bool),
+            pooled=pooled,
+        )
+
+    def _new_block(self, row: int) -> _Block:
+        k = self.chunk
+        start = max(self._next_row, row - row % k)
+        end = (start // k) * k + self.block_rows  # ends on a chunk boundary
+        if end <= row:  # pragma: no cover - start > row - k guarantees this
+            end = row + 1
+        if self._made < self.max_blocks:
+            self._made += 1
+            blk = self._alloc(self.block_rows, pooled=True)
+        else:
+            try:
+                blk = self._free.get_nowait()
+            except queue.Empty:
+                self.stats.pool_waits += 1
+                blk = self._wait_free()
+        blk.reset(start, min(end - start, self.block_rows))
+        self._current = blk
+        return blk
+
+    def _wait_free(self) -> _Block:
+        deadline = time.monotonic() + STUCK_TIMEOUT
+        while True:
+            try:
+                return self._free.get(timeout=0.5)
+            except queue.Empty:
+                self._check_error()
+                if time.monotonic() > deadline:
+                    self.error = TimeoutError(
+                        f"{self.path}: the HDF5 writer wrote nothing for "
+                        f"{STUCK_TIMEOUT:.0f} s (disk full or stalled?)"
+                    )
+                    self._check_error()
+
+    def _fill(self, blk: _Block, i: int, frame: Frame) -> None:
+        blk.spectra[i] = frame.spectra
+        blk.frame_number[i] = frame.frame
+        blk.present[i] = True
+        if i >= blk.filled:
+            blk.filled = i + 1
+        md = frame.metadata
+        layout = getattr(md, "layout", None)
+        if layout is not None:
+            if blk.layout is None and self._layout_fits(layout):
+                blk.layout = layout
+                if blk.meta is None or blk.meta.shape[1] != layout.size:
+                    blk.meta = np.empty((len(blk.present), layout.size), np.uint8)
+            if layout is blk.layout and blk.meta is not None:
+                blk.meta[i] = np.frombuffer(md.raw, np.uint8)  # type: ignore[attr-defined]
+                blk.via_raw[i] = True
+                return
+        self._fill_columns(blk.columns, i, md)
+
+    def _fill_columns(
+        self, columns: dict[str, npt.NDArray[Any]], i: int, md: Mapping[str, Any]
+    ) -> None:
+        for name, _, _ in SCALERS:
+            columns[name][i] = md[name]
+        wc = md.get("window_counts")
+        if "window_counts" in columns and wc is not None:
+            if wc.shape == (2, self.channels):
+                columns["window_counts"][i] = wc
+            elif not self.warned_shape:
+                self.warned_shape = True
+                log.warning(
+                    "%s: window_counts of shape %s not written (expected %s)",
+                    self.path,
+                    wc.shape,
+                    (2, self.channels),
+                )
+
+    def _layout_fits(self, layout: Any) -> bool:
+        """The raw path needs every scaler with shape (channels,)."""
+        shapes = {f.name: tuple(f.shape) for f in layout.fields}
+        ch = (self.channels,)
+        if any(shapes.get(name) != ch for name, _, _ in SCALERS):
+            return False
+        wc = shapes.get("window_counts")
+        return wc is None or wc == (2, self.channels) or not self._window_counts
+
+    def _handoff(self) -> None:
+        blk, self._current = self._current, None
+        if blk is None:
+            return
+        self._next_row = max(self._next_row, blk.start + blk.filled)
+        self._work.put(("block", blk))
+
+    # -- writer thread ---------------------------------------------------------------
+    def _serve(self) -> None:
+        pending: list[tuple[int, int]] = []  # (row, count) written, not yet flushed
+        last_flush = time.monotonic()
+        while True:
+            timeout = None
+            if pending:
+                timeout = max(0.0, last_flush + self.flush_period - time.monotonic())
+            try:
+                kind, item = self._work.get(timeout=timeout)
+            except queue.Empty:
+                self._flush_file(pending)
+                last_flush = time.monotonic()
+                continue
+            if kind == "stop":
+                self._flush_file(pending)
+                return
+            if self.error is None:
+                try:
+                    t0 = time.perf_counter()
+                    if kind == "block":
+                        pending += self._write_block(item)
+                    else:
+                        row, frame = item
+                        pending += self._write_row(row, frame)
+                    self.stats.write_seconds += time.perf_counter() - t0
+                except BaseException as exc:  # disk full, file closed...
+                    log.exception("%s: writing frames failed", self.path)
+                    self.error = exc
+                    pending.clear()
+                    self._flush_file(pending)  # tells the listener
+            if kind == "block" and item.pooled:
+                self._free.put(item)
+            if time.monotonic() - last_flush >= self.flush_period:
+                self._flush_file(pending)
+                last_flush = time.monotonic()
+
+    def _flush_file(self, pending: list[tuple[int, int]]) -> None:
+        if (not pending and self.error is None) or self._file is None:
+            pending.clear()
+            return
+        if self.error is None:
+            try:
+                t0 = time.perf_counter()
+                self._file.flush()
+                self.stats.flush_seconds += time.perf_counter() - t0
+                self.stats.file_flushes += 1
+            except BaseException as exc:
+                log.exception("%s: flushing the file failed", self.path)
+                self.error = exc
+        if self.error is None:
+            for row, count in pending:
+                for r in range(row, row + count):
+                    self.durable.add(r)
+        pending.clear()
+        callback = self.on_flushed
+        if callback is not None:
+            try:
+                callback()
+            except Exception:  # pragma: no cover - a listener's bug
+                log.exception("%s: on_flushed callback failed", self.path)
+
+    def _ensure_rows(self, stop: int) -> None:
+        if stop > self.rows:
+            for ds in self._datasets.values():
+                ds.resize(stop, axis=0)
+            self.rows = stop
+
+    def _write_row(self, row: int, frame: Frame) -> list[tuple[int, int]]:
+        blk = self._alloc(1, pooled=False)
+        blk.reset(row, 1)
+        blk.spectra[0] = frame.spectra
+        blk.frame_number[0] = frame.frame
+        blk.present[0] = True
+        blk.filled = 1
+        self._fill_columns(blk.columns, 0, frame.metadata)
+        return self._write_block(blk)
+
+    def _columns(self, blk: _Block, n: int) -> dict[str, npt.NDArray[Any]]:
+        columns = {name: col[:n] for name, col in blk.columns.items()}
+        raw = blk.via_raw[:n]
+        if blk.meta is not None and blk.layout is not None and raw.any():
+            meta = blk.meta[:n]
+            size = meta.shape[1]
+            for f in blk.layout.fields:
+                col = columns.get(f.name)
+                if col is None:
+                    continue
+                dtype = np.dtype(f.dtype)
+                inner = [dtype.itemsize]
+                for extent in reversed(tuple(f.shape)[1:]):
+                    inner.insert(0, inner[0] * extent)
+                view = np.ndarray(
+                    (n, *f.shape),
+                    dtype,
+                    buffer=meta,
+                    offset=f.offset,
+                    strides=(size, *inner),
+                )
+                where = raw.reshape((n,) + (1,) * len(f.shape))
+                np.copyto(col, view, casting="unsafe", where=where)
+        return columns
+
+    def _write_block(self, blk: _Block) -> list[tuple[int, int]]:
+        n = blk.filled
+        if n == 0:
+            return []
+        start, stop = blk.start, blk.start + n
+        present = blk.present[:n]
+        missing = ~present
+        any_missing = bool(missing.any())
+        spectra = blk.spectra[:n]
+        if any_missing:
+            spectra[missing] = 0  # rows never received stay zero on disk
+        self._ensure_rows(stop)
+        ds = self._datasets
+        self.stats.blocks += 1
+        # spectra: whole chunks directly, the ragged ends through HDF5
+        k = self.chunk
+        first = -(-start // k) * k  # first chunk boundary >= start
+        last = (stop // k) * k  # last chunk boundary <= stop
+        data = ds["data"]
+        if first < last:
+            if start < first:
+                data[start:first] = spectra[: first - start]
+            dcid = data.id
+            for row in range(first, last, k):
+                i = row - start
+                dcid.write_direct_chunk((row, 0, 0), spectra[i : i + k])
+                self.stats.direct_chunks += 1
+            if last < stop:
+                data[last:stop] = spectra[last - start :]
+        else:
+            data[start:stop] = spectra
+        # metadata columns, derived quantities, ROIs: one write per dataset
+        sl = slice(start, stop)
+        cols = self._columns(blk, n)
+        if any_missing:
+            for col in cols.values():
+                col[missing] = 0
+        for name, _, _ in SCALERS:
+            ds[name][sl] = cols[name]
+        if "window_counts" in ds and "window_counts" in cols:
+            ds["window_counts"][sl] = cols["window_counts"]
         dt = dead_time(
-            scal["all_events"],
-            scal["all_good"],
-            scal["clock_ticks"],
-            scal["reset_ticks"],
-            scal["event_width"],
+            cols["all_events"],
+            cols["all_good"],
+            cols["clock_ticks"],
+            cols["reset_ticks"],
+            cols["event_width"],
             clock_hz=self.clock_hz,
             warn=False,
         )
-        ds["output_count_rate"][sl] = dt.ocr
-        ds["dead_time_percent"][sl] = dt.dead_percent
-        ds["live_time"][sl] = dt.live_time
-        ds["input_count_rate"][sl] = dt.icr
-        if "window_counts" in ds:
-            wc = [f.window_counts for f in frames]
-            if all(w is not None and w.shape == (2, self.channels) for w in wc):
-                ds["window_counts"][sl] = np.stack(wc)  # type: ignore[arg-type]
+        derived = {
+            "output_count_rate": dt.ocr,
+            "dead_time_percent": dt.dead_percent,
+            "live_time": dt.live_time,
+            "input_count_rate": dt.icr,
+        }
+        for name, value in derived.items():
+            if any_missing:
+                value[missing] = 0
+            ds[name][sl] = value
         if self.n_rois:
-            raw = roi_sums(spectra, self.windows)
-            ds["roi"][sl] = raw
-            ds["roi_corrected"][sl] = correct(raw, dt.dtc)
-        ds["frame_number"][sl] = np.array([f.frame for f in frames], dtype=np.int64)
+            raw_sums = roi_sums(spectra, self.windows)
+            corrected = correct(raw_sums, dt.dtc)
+            if any_missing:
+                corrected[missing] = 0
+            ds["roi"][sl] = raw_sums
+            ds["roi_corrected"][sl] = corrected
+        ds["frame_number"][sl] = blk.frame_number[:n]
+        if not any_missing:
+            return [(start, n)]
+        rows = np.flatnonzero(present)
+        return [(start + int(i), 1) for i in rows]

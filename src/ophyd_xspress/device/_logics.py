@@ -176,6 +176,7 @@ class XspressAcquireLogic(DetectorAcquireLogic):
         run = rt.run
         if run is not None:
             await rt.watch(run)
+            await run.wait_stored(timeout=rt.stall_timeout_for_run() + 30)
         await rt.wait_not_running(timeout=rt.stall_timeout)
         rt.end_run()
 

@@ -73,7 +73,13 @@ class StreamIncompleteError(RuntimeError):
 
 
 class FrameSink(Protocol):
-    """Where a run's frames go (called on the receiver thread)."""
+    """Where a run's frames go (called on the receiver thread).
+
+    A sink that writes asynchronously (the HDF5 writer) also has ``durable``, a
+    :class:`FrameSet` of the rows safely stored, ``on_flushed``, a callback it
+    calls (from any thread) when ``durable`` grows, and ``error``: a run's
+    progress then counts only durable rows.
+    """
 
     def put(self, row: int, frame: Frame) -> None: ...
 
@@ -114,6 +120,9 @@ class RunTracker:
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._highest = -1
         self.backlog_fed = False
+        self._durable: FrameSet | None = getattr(sink, "durable", None)
+        if self._durable is not None:
+            sink.on_flushed = self._on_sink_flushed  # type: ignore[attr-defined]
 
     # -- receiver thread ---------------------------------------------------------
     def _on_header(self, header: HeaderMessage) -> None:
@@ -193,12 +202,33 @@ class RunTracker:
     def _next_passive(self) -> int:
         return len(self.received)
 
+    @property
+    def stored(self) -> int:
+        """Frames ``0 .. stored-1`` all received and stored by the sink."""
+        durable = self._durable
+        if durable is None:
+            return self.contiguous
+        return max(0, min(self.contiguous, durable.prefix() - self.row_offset))
+
     def _after_batch(self) -> None:
-        """Called after a batch of packets: flush the sink, publish progress."""
+        """Called after a batch of packets (or a quiet poll): flush the sink,
+        publish progress."""
         self.sink.flush()
+        self._publish()
+
+    def _publish(self) -> None:
         if self.on_progress is not None:
-            self.on_progress(self.contiguous)
+            self.on_progress(self.stored)
         self._notify()
+
+    def _on_sink_flushed(self) -> None:
+        """The sink stored more rows (called on its own thread)."""
+        if self.closed:
+            return
+        error = getattr(self.sink, "error", None)
+        if error is not None:
+            self._fail(error)
+        self._publish()
 
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:
@@ -288,6 +318,31 @@ class RunTracker:
                 event.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), min(0.25, stall_timeout))
+        finally:
+            self._waiters.remove(entry)
+
+    async def wait_stored(self, timeout: float) -> None:
+        """Wait until every frame received so far is stored by the sink."""
+        loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        entry = (loop, event)
+        self._waiters.append(entry)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if self.error is not None:
+                    raise self.error
+                if self.stored >= self.contiguous:
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{self.receiver.endpoint}: {self.contiguous - self.stored} "
+                        f"received frame(s) not stored {timeout:.1f} s after the "
+                        "last one arrived (is the disk stalled?)"
+                    )
+                event.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), 0.25)
         finally:
             self._waiters.remove(entry)
 
@@ -509,10 +564,14 @@ class StreamReceiver:
                 run.backlog_fed = True
         if fresh and run is not None:
             self._feed_backlog(run)
-            if sock is None:
-                run._after_batch()
-                return
         if sock is None:
+            if run is not None:
+                # a quiet poll: lets the sink store a partial block now
+                try:
+                    run._after_batch()
+                except Exception as exc:  # the sink failed (e.g. disk full)
+                    log.exception("%s: writing frames failed", self.endpoint)
+                    run._fail(exc)
             return
         for _ in range(self.batch):
             try:
