@@ -37,6 +37,13 @@ decode: the VM's every decision depends only on those identical bytes, and the
 data regions only ever become array contents of the lengths already checked.
 Anything else goes through the full VM again (and becomes the new template if
 it passes).
+
+:class:`FrameMetadata` is what :class:`~ophyd_xspress.protocol.StreamDecoder`
+puts in a frame decoded through such a template: the pickle's bytes and a shared
+:class:`MetadataLayout` (name, dtype, shape and offset of every array), with the
+arrays built only when first read. A consumer that stores many frames can copy
+the bytes of each into one block and view every column of every frame at once
+(:meth:`MetadataLayout.columns`).
 """
 
 from __future__ import annotations
@@ -47,8 +54,8 @@ import pickle
 import pickletools
 import re
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import ItemsView, Iterator, Mapping, Sequence, ValuesView
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NoReturn
 
 import numpy as np
@@ -58,7 +65,10 @@ from ._errors import ProtocolError, UnsafeMetadataError
 
 __all__ = [
     "MAX_METADATA_BYTES",
+    "FrameMetadata",
     "MetadataDecoder",
+    "MetadataField",
+    "MetadataLayout",
     "decode_metadata",
     "encode_metadata",
 ]
@@ -791,6 +801,28 @@ class _Template:
     layout: tuple[int, ...]
     #: True when every element is a distinct 1-D array (the usual case).
     simple: bool
+    #: ``checks`` as one integer comparison, for pickles up to
+    #: ``_INT_MATCH_MAX`` bytes: ``int.from_bytes(raw, "little") & mask ==
+    #: expected`` exactly when every byte outside the array data equals the
+    #: template's (``mask`` is 0 when the loop over ``checks`` is used instead).
+    mask: int
+    expected: int
+    #: True when every element is a distinct array in C order: the arrays can be
+    #: described by a :class:`MetadataLayout` and built lazily.
+    one_to_one: bool
+
+
+#: Largest pickle matched with one integer comparison (one pass over ~0.7 kB
+#: beats ten ``startswith`` calls; a huge pickle with few arrays would not).
+_INT_MATCH_MAX: Final = 4096
+
+
+def _matches(raw: bytes, template: _Template) -> bool:
+    """Whether ``raw`` (of the template's size) equals the template outside the
+    array data, byte for byte."""
+    if template.mask:
+        return int.from_bytes(raw, "little") & template.mask == template.expected
+    return all(raw.startswith(chunk, offset) for offset, chunk in template.checks)
 
 
 def _materialise(data: bytes, template: _Template) -> list[npt.NDArray[Any]]:
@@ -845,13 +877,20 @@ def _decode_full(data: bytes) -> tuple[list[npt.NDArray[Any]], _Template]:
         pos = max(pos, offset + regions[offset])
     if pos < len(data):
         checks.append((pos, data[pos:]))
+    mask = 0
+    if len(data) <= _INT_MATCH_MAX:
+        for offset, chunk in checks:
+            mask |= ((1 << (8 * len(chunk))) - 1) << (8 * offset)
+    distinct = layout == list(range(len(specs)))
     template = _Template(
         size=len(data),
         checks=tuple(checks),
         specs=tuple(specs),
         layout=tuple(layout),
-        simple=layout == list(range(len(specs)))
-        and all(spec.order is None for spec in specs),
+        simple=distinct and all(spec.order is None for spec in specs),
+        mask=mask,
+        expected=int.from_bytes(data, "little") & mask,
+        one_to_one=distinct and all(spec.order != "F" for spec in specs),
     )
     return _materialise(data, template), template
 
@@ -914,32 +953,236 @@ class MetadataDecoder:
     same errors. Not thread-safe: use one per stream.
     """
 
-    __slots__ = ("_template", "fast_hits", "full_decodes")
+    __slots__ = ("_layouts", "_template", "fast_hits", "full_decodes")
 
     def __init__(self) -> None:
         self._template: _Template | None = None
+        #: Every layout handed out, so that equal layouts are one object.
+        self._layouts: dict[MetadataLayout, MetadataLayout] = {}
         #: Pickles decoded from the template, without running the VM.
         self.fast_hits = 0
         #: Pickles that went through the full VM (successfully or not).
         self.full_decodes = 0
 
     def decode(self, data: bytes | bytearray | memoryview) -> list[npt.NDArray[Any]]:
+        raw, template, arrays = self._decode_template(data)
+        return _materialise(raw, template) if arrays is None else arrays
+
+    def _decode_template(
+        self, data: bytes | bytearray | memoryview
+    ) -> tuple[bytes, _Template, list[npt.NDArray[Any]] | None]:
+        """The pickle as bytes and the validated template it matches; the arrays
+        too when the full VM ran (None on a fast hit: nothing built yet)."""
         raw = _as_bytes(data)
         template = self._template
         if template is not None and len(raw) == template.size:
-            for offset, chunk in template.checks:
-                if not raw.startswith(chunk, offset):
-                    break
-            else:
+            if template.mask:
+                if int.from_bytes(raw, "little") & template.mask == template.expected:
+                    self.fast_hits += 1
+                    return raw, template, None
+            elif _matches(raw, template):
                 self.fast_hits += 1
-                return _materialise(raw, template)
+                return raw, template, None
         self.full_decodes += 1
         arrays, self._template = _decode_full(raw)
-        return arrays
+        return raw, self._template, arrays
+
+    def _layout(
+        self, template: _Template, names: Sequence[str]
+    ) -> MetadataLayout | None:
+        """The layout of ``template``'s arrays under ``names`` (one name per
+        array), or None when the arrays cannot be described by one: an array
+        listed twice, a Fortran-ordered one, or names that are not distinct."""
+        if (
+            not template.one_to_one
+            or len(names) != len(template.specs)
+            or len(set(names)) != len(names)
+        ):
+            return None
+        layout = MetadataLayout(
+            size=template.size,
+            fields=tuple(
+                MetadataField(name, spec.dtype, spec.shape, spec.offset)
+                for name, spec in zip(names, template.specs, strict=True)
+            ),
+        )
+        if len(self._layouts) >= _MAX_LAYOUTS:
+            self._layouts.clear()
+        return self._layouts.setdefault(layout, layout)
 
     def reset(self) -> None:
         """Forget the template (the next pickle runs the full VM)."""
         self._template = None
+
+
+#: Distinct layouts a :class:`MetadataDecoder` remembers (a stream has one or two).
+_MAX_LAYOUTS: Final = 64
+
+
+# -- lazy metadata -------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class MetadataField:
+    """One named array of a metadata pickle ``raw``: in C order, it is
+    ``np.frombuffer(raw, dtype, math.prod(shape), offset).reshape(shape)``."""
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def count(self) -> int:
+        """Number of elements."""
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def view(self, raw: bytes) -> npt.NDArray[Any]:
+        """This array of the pickle ``raw``: a view (read-only for ``bytes``)."""
+        arr = np.frombuffer(raw, self.dtype, math.prod(self.shape), self.offset)
+        return arr if len(self.shape) == 1 else arr.reshape(self.shape)
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataLayout:
+    """Where every named array is in a metadata pickle of ``size`` bytes.
+
+    Frames decoded through the same validated template and the same names
+    share one layout object, so a consumer can group frames by ``layout`` (an
+    ``is`` test), copy their pickles into one block and view all of a column
+    at once with :meth:`columns`. Hashable; compares by value.
+    """
+
+    size: int
+    fields: tuple[MetadataField, ...]
+    #: The names of ``fields``, in order.
+    names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _name_set: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        names = tuple(f.name for f in self.fields)
+        if len(set(names)) != len(names):
+            raise ValueError(f"metadata layout names are not distinct: {names}")
+        for f in self.fields:
+            if f.offset < 0 or f.offset + f.nbytes > self.size:
+                raise ValueError(
+                    f"metadata field {f.name} ({f.nbytes} bytes at offset "
+                    f"{f.offset}) does not fit in {self.size} bytes"
+                )
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "_name_set", frozenset(names))
+
+    def columns(
+        self,
+        block: bytes | bytearray | memoryview | npt.NDArray[Any],
+        count: int | None = None,
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Every field of ``count`` pickles of this layout laid end to end in
+        ``block`` (C-contiguous, e.g. ``bytes`` or a ``(count, size)`` uint8
+        array; ``count`` defaults to all of it).
+
+        The column ``name`` is a ``(count, *shape)`` strided view of ``block``
+        whose row ``i`` equals ``FrameMetadata(pickle_i, layout)[name]``. No
+        copy: read-only when ``block`` is, writable views of it otherwise.
+        """
+        buf = block.data if isinstance(block, np.ndarray) else memoryview(block)
+        if buf.ndim != 1 or buf.itemsize != 1:
+            buf = buf.cast("B")
+        total = buf.nbytes
+        if count is None:
+            if total % self.size:
+                raise ValueError(
+                    f"block of {total} bytes is not a whole number of "
+                    f"{self.size}-byte pickles"
+                )
+            count = total // self.size
+        elif count < 0 or count * self.size > total:
+            raise ValueError(
+                f"block of {total} bytes does not hold {count} pickles of "
+                f"{self.size} bytes"
+            )
+        out: dict[str, npt.NDArray[Any]] = {}
+        for f in self.fields:
+            shape = (count, *f.shape)
+            if count == 0 or f.count == 0:
+                empty = np.zeros(shape, f.dtype)
+                empty.flags.writeable = False
+                out[f.name] = empty
+                continue
+            inner = [f.dtype.itemsize] * len(f.shape)
+            for i in range(len(f.shape) - 2, -1, -1):
+                inner[i] = inner[i + 1] * f.shape[i + 1]
+            out[f.name] = np.ndarray(shape, f.dtype, buf, f.offset, (self.size, *inner))
+        return out
+
+
+class FrameMetadata(Mapping[str, npt.NDArray[Any]]):
+    """The metadata arrays of one frame, built from its pickle when first read.
+
+    A read-only mapping, name to array, in the order of ``layout.fields``; the
+    arrays are read-only views of ``raw`` (built all at once on the first
+    access to a value, then kept). ``raw`` is the pickle, already validated by
+    the decoder's template; ``layout`` says where each array is and is shared by
+    every frame of the same template and names.
+    """
+
+    __slots__ = ("_arrays", "_layout", "_raw")
+
+    def __init__(self, raw: bytes, layout: MetadataLayout) -> None:
+        if type(raw) is not bytes:
+            raise TypeError(
+                f"FrameMetadata needs the pickle as bytes, not {type(raw).__name__}"
+            )
+        if len(raw) != layout.size:
+            raise ValueError(
+                f"pickle of {len(raw)} bytes does not match a {layout.size}-byte layout"
+            )
+        self._raw = raw
+        self._layout = layout
+        self._arrays: dict[str, npt.NDArray[Any]] | None = None
+
+    @property
+    def raw(self) -> bytes:
+        """The metadata pickle, as received."""
+        return self._raw
+
+    @property
+    def layout(self) -> MetadataLayout:
+        return self._layout
+
+    def _materialise(self) -> dict[str, npt.NDArray[Any]]:
+        arrays = self._arrays
+        if arrays is None:
+            raw = self._raw
+            arrays = {f.name: f.view(raw) for f in self._layout.fields}
+            self._arrays = arrays
+        return arrays
+
+    def __getitem__(self, name: str) -> npt.NDArray[Any]:
+        return self._materialise()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._layout.names)
+
+    def __len__(self) -> int:
+        return len(self._layout.names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._layout._name_set
+
+    def values(self) -> ValuesView[npt.NDArray[Any]]:
+        return self._materialise().values()
+
+    def items(self) -> ItemsView[str, npt.NDArray[Any]]:
+        return self._materialise().items()
+
+    def __repr__(self) -> str:
+        return f"FrameMetadata({self._materialise()!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrameMetadata, (self._raw, self._layout))
 
 
 def encode_metadata(arrays: Sequence[npt.NDArray[Any]], protocol: int = 4) -> bytes:
