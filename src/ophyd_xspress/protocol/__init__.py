@@ -27,7 +27,10 @@ from ._errors import (
 from ._frame import Frame, Framing
 from ._metadata import (
     MAX_METADATA_BYTES,
+    FrameMetadata,
     MetadataDecoder,
+    MetadataField,
+    MetadataLayout,
     decode_metadata,
     encode_metadata,
 )
@@ -72,6 +75,7 @@ __all__ = [
     "DeadTime",
     "DeadTimeWarning",
     "Frame",
+    "FrameMetadata",
     "FrameSet",
     "Framing",
     "HeaderMessage",
@@ -80,6 +84,8 @@ __all__ = [
     "JsonMessage",
     "Message",
     "MetadataDecoder",
+    "MetadataField",
+    "MetadataLayout",
     "MissingPartError",
     "OutOfSeriesError",
     "Packet",

@@ -17,14 +17,26 @@ Both framings the detector uses are understood, even mixed in one stream:
 Series bookkeeping (missing / repeated / out-of-order frames, stray packets) is
 kept by :attr:`StreamDecoder.tracker`. Bad input raises a :class:`ProtocolError`
 subclass naming what was wrong; the decoder stays usable afterwards.
+
+Fast paths: the detector sends the same image JSON every frame but for the
+frame number, and the same metadata pickle but for the array data. The decoder
+keeps the last validated image JSON as a template (:class:`_ImageTemplate`): a
+JSON part that equals it byte for byte except for the digits of ``"frame"``
+gets the template's message with the new number, without json.loads, pydantic
+or :func:`validate_image`. The metadata pickle goes through
+:class:`MetadataDecoder`'s template, and the naming and shape checks of its
+arrays run once per template, header and channel count. A frame decoded
+through a template carries a :class:`FrameMetadata` (arrays built on first
+read). Anything that is not an exact match takes the full path.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from enum import Enum, auto
 from typing import Any, Final, Protocol, TypeAlias, cast
 
@@ -43,9 +55,16 @@ from ._errors import (
     UnsupportedEncodingError,
 )
 from ._frame import Frame, Framing
-from ._metadata import MetadataDecoder
+from ._metadata import (
+    FrameMetadata,
+    MetadataDecoder,
+    MetadataLayout,
+    _materialise,
+    _Template,
+)
 from ._models import (
     DEFAULT_SCALER_NAMES,
+    MAX_FRAME_NUMBER,
     HeaderMessage,
     ImageMessage,
     JsonMessage,
@@ -107,15 +126,23 @@ Part: TypeAlias = bytes | bytearray | memoryview | _HasBuffer
 
 def _view(part: Part) -> memoryview:
     """A flat byte view of one ZeroMQ frame (bytes, memoryview or zmq.Frame)."""
-    if isinstance(part, bytes | bytearray | memoryview):
-        view = memoryview(part)
+    kind = type(part)
+    if kind is memoryview or kind is bytearray or kind is bytes:
+        view = memoryview(cast(bytes, part))
     else:
-        buffer = getattr(part, "buffer", None)
+        # zmq.Frame first (what recv_multipart(copy=False) gives): its
+        # ``buffer`` is already a memoryview.
+        try:
+            buffer = part.buffer  # type: ignore[union-attr]
+        except AttributeError:
+            buffer = None
         if buffer is None:
-            raise ProtocolError(
-                f"message part of type {type(part).__name__} is not bytes-like"
-            )
-        view = memoryview(buffer)
+            if not isinstance(part, bytes | bytearray | memoryview):
+                raise ProtocolError(
+                    f"message part of type {kind.__name__} is not bytes-like"
+                )
+            buffer = part
+        view = buffer if type(buffer) is memoryview else memoryview(buffer)
     if view.ndim != 1 or view.itemsize != 1:
         view = view.cast("B")
     return view
@@ -124,7 +151,7 @@ def _view(part: Part) -> memoryview:
 _WHITESPACE: Final = frozenset(b" \t\r\n")
 
 
-def _looks_like_json(view: memoryview) -> bool:
+def _looks_like_json(view: bytes | memoryview) -> bool:
     """A JSON object (``{...``), or a JSON array (``[...]``, both brackets).
 
     JSON parts of this protocol are objects; an array is a (bad) JSON part too,
@@ -230,6 +257,143 @@ def validate_image(info: ImageMessage) -> tuple[np.dtype[Any], tuple[int, int], 
     return dtype, (channels, bins), nbytes
 
 
+ImageLayout: TypeAlias = tuple[np.dtype[Any], tuple[int, int], int]
+
+#: Digits of a frame number below MAX_FRAME_NUMBER (2**63 has 19).
+_MAX_FRAME_DIGITS: Final = len(str(MAX_FRAME_NUMBER - 1))
+
+
+def _slot_setter(name: str) -> Any:
+    """The ``__set__`` of ImageMessage's ``name`` slot: what
+    ``object.__setattr__(message, name, value)`` calls, minus the look-up."""
+    for klass in ImageMessage.__mro__:
+        if name in vars(klass):
+            return vars(klass)[name].__set__
+    raise AttributeError(name)  # pragma: no cover - pydantic v2 has all four
+
+
+_new_object = object.__new__
+_set_dict = _slot_setter("__dict__")
+_set_fields_set = _slot_setter("__pydantic_fields_set__")
+_set_extra = _slot_setter("__pydantic_extra__")
+_set_private = _slot_setter("__pydantic_private__")
+
+
+class _ImageTemplate:
+    """A validated image JSON part, to recognise the next ones by their bytes.
+
+    A part ``prefix + digits + suffix`` (``digits`` 1 to 19 ASCII digits, no
+    leading zero) is, for json.loads and for the model, the template's message
+    with ``frame=int(digits)``: the template holds ``"frame"`` exactly once,
+    has no backslash (no escaped key can also spell ``frame``), no NUL byte and
+    no non-ASCII byte (json.loads reads it as UTF-8), and its frame value is an
+    integer literal ending at whitespace, ``,`` or ``}``. So the one JSON token
+    that differs is the number that is the top-level ``frame``; the only check
+    left is the model's bound on it.
+    """
+
+    __slots__ = (
+        "extra",
+        "fields",
+        "fields_set",
+        "info",
+        "layout",
+        "max_len",
+        "min_len",
+        "part",
+        "prefix",
+        "prefix_len",
+        "suffix",
+        "suffix_len",
+    )
+
+    def __init__(
+        self,
+        part: bytes,
+        prefix_len: int,
+        suffix_len: int,
+        info: ImageMessage,
+        layout: ImageLayout,
+    ) -> None:
+        self.part = part
+        self.prefix = part[:prefix_len]
+        self.suffix = part[len(part) - suffix_len :]
+        self.prefix_len = prefix_len
+        self.suffix_len = suffix_len
+        self.min_len = prefix_len + suffix_len + 1
+        self.max_len = min(prefix_len + suffix_len + _MAX_FRAME_DIGITS, MAX_JSON_BYTES)
+        self.info = info
+        self.layout = layout
+        self.fields: dict[str, Any] = dict(info.__dict__)
+        self.fields_set: set[str] = set(info.__pydantic_fields_set__)
+        self.extra: dict[str, Any] = dict(info.__pydantic_extra__ or {})
+
+    @classmethod
+    def learn(
+        cls, part: bytes, info: ImageMessage, layout: ImageLayout
+    ) -> _ImageTemplate | None:
+        """The template of ``part`` (parsed as ``info``), or None if the fast
+        path could not be exact for it."""
+        if (
+            type(info) is not ImageMessage
+            or info.__pydantic_private__ is not None
+            or type(info.__pydantic_extra__) is not dict
+            or not part.isascii()
+            or b"\\" in part
+            or b"\x00" in part
+        ):
+            return None
+        start = part.find(b'"frame"')
+        if start < 0 or part.find(b'"frame"', start + 1) >= 0:
+            return None
+        n = len(part)
+        i = start + 7
+        while i < n and part[i] in _WHITESPACE:
+            i += 1
+        if i >= n or part[i] != 0x3A:  # ":"
+            return None
+        i += 1
+        while i < n and part[i] in _WHITESPACE:
+            i += 1
+        j = i
+        while j < n and 0x30 <= part[j] <= 0x39:
+            j += 1
+        if part[i:j] != str(info.frame).encode():
+            return None
+        k = j
+        while k < n and part[k] in _WHITESPACE:
+            k += 1
+        if k >= n or part[k] not in (0x2C, 0x7D):  # "," or "}"
+            return None
+        return cls(part, i, n - j, info, layout)
+
+    def match(self, part: bytes | memoryview) -> ImageMessage | None:
+        """The message of ``part`` if it is this template with another frame
+        number within the model's bounds; None for anything else."""
+        n = len(part)
+        if not self.min_len <= n <= self.max_len:
+            return None
+        if type(part) is not bytes:
+            part = bytes(part)
+        if not (part.startswith(self.prefix) and part.endswith(self.suffix)):
+            return None
+        digits = part[self.prefix_len : n - self.suffix_len]
+        if not digits.isdigit() or (digits[0] == 0x30 and len(digits) > 1):
+            return None
+        frame = int(digits)
+        if frame >= MAX_FRAME_NUMBER:
+            return None
+        fields = self.fields.copy()
+        fields["frame"] = frame
+        # What BaseModel.__copy__ does, with nothing mutable shared.
+        info = _new_object(ImageMessage)
+        _set_dict(info, fields)
+        _set_fields_set(info, self.fields_set.copy())
+        _set_extra(info, copy.deepcopy(self.extra) if self.extra else {})
+        _set_private(info, None)
+        return info
+
+
 class _State(Enum):
     IDLE = auto()  # expecting a JSON part
     DATA = auto()  # legacy: expecting the spectra buffer
@@ -252,19 +416,43 @@ class StreamDecoder:
         self.framing: Framing | None = None
         self._state = _State.IDLE
         self._image: ImageMessage | None = None
-        self._image_layout: tuple[np.dtype[Any], tuple[int, int], int] | None = None
-        self._data: memoryview | None = None
+        self._image_layout: ImageLayout | None = None
+        self._data: bytes | memoryview | None = None
         self.frames_decoded = 0
         #: Decodes the metadata pickles (fast once their layout repeats).
         self.metadata_decoder = MetadataDecoder()
+        #: The last validated image JSON part, for the fast path.
+        self._image_template: _ImageTemplate | None = None
+        #: (metadata template, header, channels) whose naming checks passed,
+        #: with the names and the layout (None: build plain dicts).
+        self._naming: (
+            tuple[
+                _Template,
+                HeaderMessage | None,
+                int,
+                tuple[str, ...],
+                MetadataLayout | None,
+            ]
+            | None
+        ) = None
 
     # -- public --------------------------------------------------------------
     def feed(self, message: Sequence[Part]) -> list[Packet]:
         """Decode one ZeroMQ message (a sequence of frames) into packets."""
-        if isinstance(message, bytes | bytearray | memoryview):
-            parts = [_view(cast(Part, message))]
+        # Parts stay ``bytes`` when they are (no memoryview needed); anything
+        # else becomes a flat byte view.
+        if type(message) is list:
+            if len(message) == 1:  # legacy framing: skip the list
+                part = message[0]
+                return self._feed_single(part if type(part) is bytes else _view(part))
+            parts: list[bytes | memoryview] = [
+                p if type(p) is bytes else _view(p) for p in message
+            ]
+        elif isinstance(message, bytes | bytearray | memoryview):
+            part = cast(Part, message)
+            parts = [part if type(part) is bytes else _view(part)]
         else:
-            parts = [_view(p) for p in message]
+            parts = [p if type(p) is bytes else _view(p) for p in message]
         if not parts:
             raise MissingPartError("empty ZeroMQ message")
         if len(parts) == 1:
@@ -282,11 +470,24 @@ class StreamDecoder:
         return self.header.scaler_names if self.header else DEFAULT_SCALER_NAMES
 
     # -- framing -------------------------------------------------------------
-    def _feed_multipart(self, parts: list[memoryview]) -> list[Packet]:
-        out: list[Packet] = []
+    def _feed_multipart(self, parts: list[bytes | memoryview]) -> list[Packet]:
         if self._state is not _State.IDLE:
             what = self._image.frame if self._image else "?"
             self._resync(f"multipart message interrupted legacy frame {what}")
+        template = self._image_template
+        if template is not None:
+            info = template.match(parts[0])
+            if info is not None:
+                if len(parts) != 3:
+                    raise MissingPartError(
+                        f"frame {info.frame}: multipart message has {len(parts)} "
+                        "parts, expected 3 (JSON, spectra, metadata)"
+                    )
+                return [
+                    self._assemble(
+                        info, template.layout, parts[1], parts[2], "multipart"
+                    )
+                ]
         info = parse_json_part(parts[0])
         if not isinstance(info, ImageMessage):
             msg = (
@@ -302,10 +503,16 @@ class StreamDecoder:
                 "expected 3 (JSON, spectra, metadata)"
             )
         layout = validate_image(info)
-        out.append(self._assemble(info, layout, parts[1], parts[2], "multipart"))
-        return out
+        self._learn_image(parts[0], info, layout)
+        return [self._assemble(info, layout, parts[1], parts[2], "multipart")]
 
-    def _feed_single(self, part: memoryview) -> list[Packet]:
+    def _learn_image(
+        self, part: bytes | memoryview, info: ImageMessage, layout: ImageLayout
+    ) -> None:
+        """Make a validated image JSON part the template of the fast path."""
+        self._image_template = _ImageTemplate.learn(bytes(part), info, layout)
+
+    def _feed_single(self, part: bytes | memoryview) -> list[Packet]:
         state = self._state
         image, layout = self._image, self._image_layout
         if state is _State.DATA and image is not None and layout is not None:
@@ -341,7 +548,8 @@ class StreamDecoder:
             and layout is not None
             and data is not None
         ):
-            if _looks_like_json(part):
+            # (a pickle starts with 0x80: never JSON, no need to scan it)
+            if not (len(part) and part[0] == 0x80) and _looks_like_json(part):
                 self._resync(
                     f"frame {image.frame}: metadata part lost (next JSON arrived)"
                 )
@@ -354,6 +562,14 @@ class StreamDecoder:
                 return self._handle_json(part)
             return []
         # IDLE
+        template = self._image_template
+        if template is not None:
+            info = template.match(part)
+            if info is not None:  # JSON (it matches a JSON template)
+                self._image_layout = template.layout
+                self._image = info
+                self._state = _State.DATA
+                return []
         if _looks_like_json(part):
             return self._handle_json(part)
         self._resync(
@@ -361,12 +577,21 @@ class StreamDecoder:
         )
         return []
 
-    def _handle_json(self, part: memoryview) -> list[Packet]:
+    def _handle_json(self, part: bytes | memoryview) -> list[Packet]:
+        template = self._image_template
+        if template is not None:
+            info = template.match(part)
+            if info is not None:
+                self._image_layout = template.layout
+                self._image = info
+                self._state = _State.DATA
+                return []
         msg = parse_json_part(part)
         if isinstance(msg, ImageMessage):
-            self._image_layout = validate_image(msg)
+            self._image_layout = layout = validate_image(msg)
             self._image = msg
             self._state = _State.DATA
+            self._learn_image(part, msg, layout)
             return []
         if isinstance(msg, HeaderMessage):
             self.header = msg
@@ -389,9 +614,9 @@ class StreamDecoder:
     def _assemble(
         self,
         info: ImageMessage,
-        layout: tuple[np.dtype[Any], tuple[int, int], int],
-        data: memoryview,
-        meta: memoryview,
+        layout: ImageLayout,
+        data: bytes | memoryview,
+        meta: bytes | memoryview,
         framing: Framing,
     ) -> Frame:
         dtype, shape, nbytes = layout
@@ -401,17 +626,18 @@ class StreamDecoder:
                     f"frame {info.frame}: spectra buffer is {len(data)} bytes, "
                     f"expected {nbytes} (shape {list(shape)} x {info.type})"
                 )
-            spectra = np.frombuffer(data, dtype=dtype).reshape(shape)
-            # Read-only even when the buffer is writable (zmq.Frame, bytearray).
-            spectra.flags.writeable = False
-            arrays = self.metadata_decoder.decode(meta)
-            metadata = self._name_metadata(info, arrays, shape[0])
+            # Read-only even when the buffer is writable (zmq.Frame, bytearray):
+            # a bytes part is immutable, any other is viewed read-only.
+            if isinstance(data, memoryview):
+                data = data.toreadonly()
+            spectra = np.ndarray(shape, dtype, data)
+            metadata = self._decode_metadata(info, meta, shape[0])
         except ProtocolError as exc:
             self.tracker.report(
                 "bad_frame", f"frame {info.frame} dropped: {exc}", frames=(info.frame,)
             )
             raise
-        frame = Frame(info=info, spectra=spectra, metadata=metadata, framing=framing)
+        frame = Frame(info, spectra, metadata, framing)
         self.framing = framing
         series = self.tracker.check_frame(info.frame)
         if series is None:
@@ -424,9 +650,44 @@ class StreamDecoder:
         self.frames_decoded += 1
         return frame
 
-    def _name_metadata(
+    def _decode_metadata(
+        self, info: ImageMessage, meta: bytes | memoryview, channels: int
+    ) -> Mapping[str, npt.NDArray[Any]]:
+        """The frame's metadata arrays by name, lazily when the template allows.
+
+        The naming and shape checks depend only on the pickle's template, the
+        header's names and the channel count: they run once per combination.
+        """
+        raw, template, arrays = self.metadata_decoder._decode_template(meta)
+        header = self.header
+        naming = self._naming
+        if (
+            naming is not None
+            and naming[0] is template
+            and naming[1] is header
+            and naming[2] == channels
+        ):
+            names, layout = naming[3], naming[4]
+            if layout is not None:
+                return FrameMetadata(raw, layout)
+        else:
+            if arrays is None:
+                arrays = _materialise(raw, template)
+            names = self._metadata_names(info, arrays, channels)
+            layout = self.metadata_decoder._layout(template, names)
+            self._naming = (template, header, channels, names, layout)
+            if layout is not None:
+                return FrameMetadata(raw, layout)
+        if arrays is None:
+            arrays = _materialise(raw, template)
+        # (a name given twice keeps its first place and its last array)
+        return dict(zip(names, arrays, strict=True))
+
+    def _metadata_names(
         self, info: ImageMessage, arrays: list[npt.NDArray[Any]], channels: int
-    ) -> dict[str, npt.NDArray[Any]]:
+    ) -> tuple[str, ...]:
+        """One name per array (checked: scaler and window shapes, all eight
+        scalers present); raises ProtocolError."""
         names = list(self.scaler_names)
         if len(arrays) < len(DEFAULT_SCALER_NAMES):
             raise ProtocolError(
@@ -444,8 +705,8 @@ class StreamDecoder:
                     names.append("window_counts")
                 else:
                     names.append(f"extra_{i}")
-        metadata: dict[str, npt.NDArray[Any]] = {}
-        for name, arr in zip(names, arrays, strict=False):
+        del names[len(arrays) :]
+        for name, arr in zip(names, arrays, strict=True):
             if name in DEFAULT_SCALER_NAMES and arr.shape != (channels,):
                 raise ProtocolError(
                     f"frame {info.frame}: scaler {name} has shape {arr.shape}, "
@@ -456,10 +717,9 @@ class StreamDecoder:
                     f"frame {info.frame}: window_counts has shape {arr.shape}, "
                     f"expected (windows, {channels})"
                 )
-            metadata[name] = arr
-        missing = [n for n in DEFAULT_SCALER_NAMES if n not in metadata]
+        missing = [n for n in DEFAULT_SCALER_NAMES if n not in names]
         if missing:
             raise ProtocolError(
                 f"frame {info.frame}: metadata lacks {', '.join(missing)}"
             )
-        return metadata
+        return tuple(names)

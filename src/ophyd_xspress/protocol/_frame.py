@@ -29,7 +29,10 @@ class Frame:
     the order sent: the eight scalers (``output_count_rate``, ``all_events``,
     ``all_good``, ``clock_ticks``, ``total_ticks``, ``reset_ticks``,
     ``event_width``, ``dead_time_correction``), ``window_counts`` when the
-    firmware sends it, and any unknown extra arrays.
+    firmware sends it, and any unknown extra arrays. From the decoder it is
+    usually a :class:`~ophyd_xspress.protocol.FrameMetadata` (the pickle's bytes
+    and a layout shared by the frames of one template; arrays built on first
+    read), otherwise a dict.
 
     >>> frame.frame, frame.spectra.shape, frame.scalers["all_good"]
     (0, (4, 4096), array([..., ..., ..., ...], dtype=uint32))
