@@ -36,6 +36,7 @@ from ._metadata import (
 )
 from ._models import (
     DEFAULT_SCALER_NAMES,
+    MAX_FRAME_NUMBER,
     HeaderMessage,
     ImageMessage,
     JsonMessage,
@@ -68,6 +69,7 @@ __all__ = [
     "MAX_BINS",
     "MAX_CHANNELS",
     "MAX_FRAME_BYTES",
+    "MAX_FRAME_NUMBER",
     "MAX_METADATA_BYTES",
     "Anomaly",
     "AnomalyKind",

@@ -423,6 +423,8 @@ class StreamDecoder:
         self.metadata_decoder = MetadataDecoder()
         #: The last validated image JSON part, for the fast path.
         self._image_template: _ImageTemplate | None = None
+        #: Image JSON parts recognised from the template (no json.loads).
+        self.json_fast_hits = 0
         #: (metadata template, header, channels) whose naming checks passed,
         #: with the names and the layout (None: build plain dicts).
         self._naming: (
@@ -478,6 +480,7 @@ class StreamDecoder:
         if template is not None:
             info = template.match(parts[0])
             if info is not None:
+                self.json_fast_hits += 1
                 if len(parts) != 3:
                     raise MissingPartError(
                         f"frame {info.frame}: multipart message has {len(parts)} "
@@ -566,6 +569,7 @@ class StreamDecoder:
         if template is not None:
             info = template.match(part)
             if info is not None:  # JSON (it matches a JSON template)
+                self.json_fast_hits += 1
                 self._image_layout = template.layout
                 self._image = info
                 self._state = _State.DATA
@@ -582,6 +586,7 @@ class StreamDecoder:
         if template is not None:
             info = template.match(part)
             if info is not None:
+                self.json_fast_hits += 1
                 self._image_layout = template.layout
                 self._image = info
                 self._state = _State.DATA
@@ -626,11 +631,15 @@ class StreamDecoder:
                     f"frame {info.frame}: spectra buffer is {len(data)} bytes, "
                     f"expected {nbytes} (shape {list(shape)} x {info.type})"
                 )
-            # Read-only even when the buffer is writable (zmq.Frame, bytearray):
-            # a bytes part is immutable, any other is viewed read-only.
+            # Read-only even when the buffer is writable (zmq.Frame, bytearray),
+            # for good: a bytes part is immutable, any other is viewed through
+            # a read-only memoryview (the array's base, so that the flag cannot
+            # be set back; np.ndarray(buffer=...) would skip to the writable
+            # object behind it).
             if isinstance(data, memoryview):
-                data = data.toreadonly()
-            spectra = np.ndarray(shape, dtype, data)
+                spectra = np.frombuffer(data.toreadonly(), dtype).reshape(shape)
+            else:
+                spectra = np.ndarray(shape, dtype, data)
             metadata = self._decode_metadata(info, meta, shape[0])
         except ProtocolError as exc:
             self.tracker.report(
