@@ -564,33 +564,35 @@ class StreamDecoder:
             if _looks_like_json(part):
                 return self._handle_json(part)
             return []
-        # IDLE
+        # IDLE: the template first (a part that matches it is JSON)
         template = self._image_template
         if template is not None:
             info = template.match(part)
-            if info is not None:  # JSON (it matches a JSON template)
-                self.json_fast_hits += 1
-                self._image_layout = template.layout
-                self._image = info
-                self._state = _State.DATA
-                return []
+            if info is not None:
+                return self._start_image(info, template.layout)
         if _looks_like_json(part):
-            return self._handle_json(part)
+            return self._handle_json(part, template_tried=True)
         self._resync(
             f"stray {len(part)}-byte binary part outside any frame (lost JSON part?)"
         )
         return []
 
-    def _handle_json(self, part: bytes | memoryview) -> list[Packet]:
+    def _start_image(self, info: ImageMessage, layout: ImageLayout) -> list[Packet]:
+        """Legacy: a JSON part matched the image template; await the data."""
+        self.json_fast_hits += 1
+        self._image_layout = layout
+        self._image = info
+        self._state = _State.DATA
+        return []
+
+    def _handle_json(
+        self, part: bytes | memoryview, template_tried: bool = False
+    ) -> list[Packet]:
         template = self._image_template
-        if template is not None:
+        if template is not None and not template_tried:
             info = template.match(part)
             if info is not None:
-                self.json_fast_hits += 1
-                self._image_layout = template.layout
-                self._image = info
-                self._state = _State.DATA
-                return []
+                return self._start_image(info, template.layout)
         msg = parse_json_part(part)
         if isinstance(msg, ImageMessage):
             self._image_layout = layout = validate_image(msg)
