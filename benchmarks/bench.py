@@ -10,7 +10,11 @@ Prints a table and writes it as JSON. Measured so far:
 3. end-to-end: a fast publisher process -> passive ``XspressDetector`` fly scan
    -> HDF5 -> StreamDatum, with frames lost, CPU % and RSS, at 4 and 8 channels.
 
-(Peak RSS against 10k / 100k / 1M frames is the next step of this harness.)
+4. peak RSS of the end-to-end run (1 channel) for 10k, 100k and 1M frames: each
+   end-to-end run happens in a fresh process, so its peak RSS is its own.
+
+CPU is reported as a share of the machine's cores (200 % on 2 cores), both
+processes (the sender included), over the timed interval.
 """
 
 from __future__ import annotations
@@ -161,9 +165,19 @@ def _push(endpoint: str, channels: int, n: int, ready: Any) -> None:
     ctx.term()
 
 
+def _cpu_now() -> float:
+    """CPU seconds of this process and its waited-for children."""
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def bench_raw_zmq(channels: int, n_frames: int) -> dict[str, Any]:
     import zmq
 
+    cpu0 = _cpu_now()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.RCVHWM, 1000)
@@ -182,6 +196,7 @@ def bench_raw_zmq(channels: int, n_frames: int) -> dict[str, Any]:
         nbytes += sum(len(f.buffer) for f in msg)
     dt = time.perf_counter() - t0
     proc.join(30)
+    cpu = _cpu_now() - cpu0
     sock.close(linger=0)
     ctx.term()
     return {
@@ -193,6 +208,8 @@ def bench_raw_zmq(channels: int, n_frames: int) -> dict[str, Any]:
         "frames_per_s": (n_frames - 1) / dt,
         "mb_per_s": nbytes / dt / 1e6,
         "us_per_frame": dt / (n_frames - 1) * 1e6,
+        # both processes (sender included), over the timed interval: of 200 %
+        "cpu_percent_total": cpu / dt * 100,
     }
 
 
@@ -225,10 +242,13 @@ def _fast_publisher(endpoint: str, channels: int, n: int, ready: Any) -> None:
     ctx.term()
 
 
-def bench_end_to_end(channels: int, n_frames: int, directory: Path) -> dict[str, Any]:
-    """Fast publisher process -> passive XspressDetector fly scan -> HDF5 ->
-    StreamDatum; frames/s sustained, frames lost, CPU %, peak RSS."""
-    import socket
+def _end_to_end(
+    channels: int, n_frames: int, directory: str, out: Any, rss_every: int
+) -> None:
+    """In a fresh process: fast publisher process -> passive XspressDetector
+    fly scan -> HDF5 -> StreamDatum. Puts a result row on ``out``."""
+    import resource
+    import threading
 
     import bluesky.plan_stubs as bps
     import psutil
@@ -237,9 +257,7 @@ def bench_end_to_end(channels: int, n_frames: int, directory: Path) -> dict[str,
 
     from ophyd_xspress import XspressDetector
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     spawn = mp.get_context("spawn")
     ready = spawn.Event()
@@ -253,7 +271,7 @@ def bench_end_to_end(channels: int, n_frames: int, directory: Path) -> dict[str,
             stream=endpoint,
             socket="pull",
             channels=channels,
-            path=directory,
+            path=Path(directory),
             stall_timeout=30,
         )
     datums = 0
@@ -264,6 +282,19 @@ def bench_end_to_end(channels: int, n_frames: int, directory: Path) -> dict[str,
 
     RE.subscribe(count_docs)
     me = psutil.Process()
+    rss: dict[int, float] = {}
+    done = threading.Event()
+
+    def sample_rss() -> None:
+        # RSS when the run has passed each multiple of rss_every frames
+        nxt = rss_every
+        receiver = xspress._rt.receiver
+        while not done.wait(0.02):
+            n = receiver.messages - 1  # the header, then one message a frame
+            while n >= nxt:
+                rss[nxt] = me.memory_info().rss / 1e6
+                nxt += rss_every
+
     started: list[float] = []
 
     def plan() -> Any:
@@ -280,29 +311,68 @@ def bench_end_to_end(channels: int, n_frames: int, directory: Path) -> dict[str,
         yield from bps.close_run()
         yield from bps.unstage(xspress, wait=True)
 
-    cpu0 = me.cpu_times()
+    sampler = threading.Thread(target=sample_rss, daemon=True)
+    sampler.start()
+    cpu0 = _cpu_now()
     RE(plan())
     dt = time.perf_counter() - started[0]
-    cpu1 = me.cpu_times()
+    done.set()
     proc.join(60)
+    cpu = _cpu_now() - cpu0
     summary = xspress.run_summaries[-1]
     received = int(summary["frames_received"])  # type: ignore[call-overload]
-    for f in directory.glob("*.h5"):
+    files = list(Path(directory).glob("*.h5"))
+    import h5py
+
+    with h5py.File(files[0], "r") as f:
+        on_disk = int((f["/entry/instrument/xspress3/frame_number"][:] >= 0).sum())
+    for f in files:
         f.unlink()
-    return {
-        "test": "end-to-end fly scan -> HDF5",
-        "source": "fast publisher process",
-        "framing": "multipart",
-        "channels": channels,
-        "frames": n_frames,
-        "frames_per_s": n_frames / dt,
-        "mb_per_s": n_frames * channels * 4096 * 4 / dt / 1e6,
-        "us_per_frame": dt / n_frames * 1e6,
-        "frames_lost": n_frames - received,
-        "cpu_percent": (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / dt * 100,
-        "peak_rss_mb": me.memory_info().rss / 1e6,
-        "stream_datum_docs": datums,
-    }
+    out.put(
+        {
+            "test": "end-to-end fly scan -> HDF5",
+            "source": "fast publisher process",
+            "framing": "multipart",
+            "channels": channels,
+            "frames": n_frames,
+            "frames_per_s": n_frames / dt,
+            "mb_per_s": n_frames * channels * 4096 * 4 / dt / 1e6,
+            "us_per_frame": dt / n_frames * 1e6,
+            "frames_lost": n_frames - received,
+            "frames_on_disk": on_disk,
+            "stream_datum_docs": datums,
+            "cpu_percent_total": cpu / dt * 100,
+            # ru_maxrss is in kB on Linux
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3,
+            "rss_mb_by_frames": rss,
+        }
+    )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def bench_end_to_end(
+    channels: int, n_frames: int, directory: Path, rss_every: int = 0
+) -> dict[str, Any]:
+    """One end-to-end run in a fresh process (so its peak RSS is its own)."""
+    spawn = mp.get_context("spawn")
+    out = spawn.Queue()
+    every = rss_every or max(1, n_frames // 10)
+    proc = spawn.Process(
+        target=_end_to_end, args=(channels, n_frames, str(directory), out, every)
+    )
+    proc.start()
+    try:
+        row: dict[str, Any] = out.get(timeout=3600)
+    finally:
+        proc.join(60)
+    return row
 
 
 def machine() -> dict[str, Any]:
@@ -318,43 +388,87 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    header = (
+        f"{'test':<34} {'source':<26} {'framing':<9} {'ch':>3} {'frames':>8} "
+        f"{'frames/s':>9} {'MB/s':>6} {'us/frame':>8}  notes"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        notes = []
+        if "cpu_percent_total" in r:
+            notes.append(f"CPU {r['cpu_percent_total']:.0f}% of 200%")
+        if "frames_lost" in r:
+            notes.append(f"lost {r['frames_lost']}, on disk {r['frames_on_disk']}")
+            notes.append(f"peak RSS {r['peak_rss_mb']:.0f} MB")
+        if "of_ceiling" in r:
+            notes.append(f"{r['of_ceiling']:.0%} of raw ceiling")
+        print(
+            f"{r['test']:<34} {r['source']:<26} {r['framing']:<9} {r['channels']:>3} "
+            f"{r['frames']:>8} {r['frames_per_s']:>9,.0f} {r['mb_per_s']:>6,.0f} "
+            f"{r['us_per_frame']:>8.1f}  {', '.join(notes)}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer frames")
     parser.add_argument("--json", default=str(HERE / "results" / "latest.json"))
+    parser.add_argument(
+        "--dir", default=None, help="where the end-to-end runs write HDF5 (temp)"
+    )
+    parser.add_argument(
+        "--rss-frames",
+        default=None,
+        help="comma-separated run lengths for the peak-RSS series "
+        "(default 10000,100000,1000000; --quick: 10000,100000)",
+    )
     args = parser.parse_args(argv)
     n = 20_000 if args.quick else 100_000
+    rss_runs = [
+        int(x)
+        for x in (
+            args.rss_frames
+            or ("10000,100000" if args.quick else "10000,100000,1000000")
+        ).split(",")
+    ]
     rows: list[dict[str, Any]] = []
+    print("1. decode ...", flush=True)
     for name in ("xspress3-multipart.cbors", "xspress3-dump.cbors"):
         if (SHARED / name).exists():
             rows.append(bench_decode_capture(SHARED / name, n))
     for framing in ("multipart", "legacy"):
         for ch in (1, 4, 8):
             rows.append(bench_decode_sim(ch, framing, n // 2))
+    print("2. raw zmq ceiling ...", flush=True)
+    ceiling: dict[int, float] = {}
     for ch in (1, 4, 8):
-        rows.append(bench_raw_zmq(ch, n))
+        row = bench_raw_zmq(ch, n)
+        ceiling[ch] = row["frames_per_s"]
+        rows.append(row)
     import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        print("3. end-to-end ...", flush=True)
         for ch in (4, 8):
-            rows.append(bench_end_to_end(ch, n, Path(tmp)))
-    header = (
-        f"{'test':<34} {'source':<26} {'framing':<9} {'ch':>3} "
-        f"{'frames/s':>10} {'MB/s':>8} {'us/frame':>9}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
+            row = bench_end_to_end(ch, n, Path(tmp))
+            row["of_ceiling"] = row["frames_per_s"] / ceiling[ch]
+            rows.append(row)
+        print("4. peak RSS against run length (1 channel) ...", flush=True)
+        for frames in rss_runs:
+            row = bench_end_to_end(1, frames, Path(tmp))
+            row["test"] = "peak RSS vs frames (end-to-end)"
+            rows.append(row)
+    print()
+    _print_table(rows)
+    series = [r for r in rows if r["test"].startswith("peak RSS")]
+    if series:
+        peaks = [r["peak_rss_mb"] for r in series]
         print(
-            f"{r['test']:<34} {r['source']:<26} {r['framing']:<9} {r['channels']:>3} "
-            f"{r['frames_per_s']:>10,.0f} {r['mb_per_s']:>8,.0f} "
-            f"{r['us_per_frame']:>9.1f}"
-            + (
-                f"  lost {r['frames_lost']}, CPU {r['cpu_percent']:.0f} %, "
-                f"RSS {r['peak_rss_mb']:.0f} MB"
-                if "frames_lost" in r
-                else ""
-            )
+            "\npeak RSS by run length: "
+            + ", ".join(f"{r['frames']:,}: {r['peak_rss_mb']:.0f} MB" for r in series)
+            + f" (max/min {max(peaks) / min(peaks):.2f})"
         )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

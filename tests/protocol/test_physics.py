@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -417,3 +418,28 @@ def test_roi_sums_refuses_bad_windows(spectra, windows):
 def test_roi_sums_refuses_1d_spectra():
     with pytest.raises(ValueError, match=r"spectra must be \(\.\.\., channels, bins\)"):
         roi_sums(np.arange(10), [[0, 1]])
+
+
+@pytest.mark.parametrize("n_rois", [1, 5, 80])  # 80 x 4 channels: the running-sum path
+@pytest.mark.parametrize("dtype", [np.uint32, np.int32, np.uint16])
+def test_roi_sums_both_paths_match_brute_force(n_rois: int, dtype: Any) -> None:
+    rng = np.random.default_rng(n_rois)
+    spectra = rng.integers(0, 1000, (7, 4, 512)).astype(dtype)
+    lo = rng.integers(0, 512, (4, n_rois))
+    hi = np.minimum(511, lo + rng.integers(0, 200, (4, n_rois)))
+    windows = np.stack([lo, hi], axis=-1)
+    got = roi_sums(spectra, windows)
+    want = np.array(
+        [
+            [
+                [
+                    int(spectra[f, c, lo[c, r] : hi[c, r] + 1].astype(np.int64).sum())
+                    for r in range(n_rois)
+                ]
+                for c in range(4)
+            ]
+            for f in range(7)
+        ]
+    )
+    assert got.dtype == (np.int64 if np.dtype(dtype).kind == "i" else np.uint64)
+    np.testing.assert_array_equal(got, want)

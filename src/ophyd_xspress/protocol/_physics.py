@@ -204,9 +204,20 @@ def roi_sums(spectra: npt.ArrayLike, windows: npt.ArrayLike) -> npt.NDArray[Any]
                         axis=-1, dtype=acc
                     )
         return out_f
-    # Integers: differences of a running sum, exact (modulo 2**64, unreachable
-    # with 32-bit counts).
     acc = np.int64 if kind == "i" else np.uint64
+    n_windows = channels * lo.shape[-1]
+    if n_windows <= 256:
+        # A few windows (the usual case): sum each window's bins directly, ~10x
+        # faster on a block of frames than a running sum over every bin.
+        out_i = np.empty((*s.shape[:-1], lo.shape[-1]), dtype=acc)
+        for c in range(channels):
+            for r in range(lo.shape[-1]):
+                out_i[..., c, r] = s[..., c, lo[c, r] : hi[c, r]].sum(
+                    axis=-1, dtype=acc
+                )
+        return out_i
+    # Many windows: differences of a running sum, exact (modulo 2**64,
+    # unreachable with 32-bit counts).
     cs = np.zeros((*s.shape[:-1], bins + 1), dtype=acc)
     np.cumsum(s, axis=-1, dtype=acc, out=cs[..., 1:])
     idx_shape = (1,) * (s.ndim - 2) + lo.shape

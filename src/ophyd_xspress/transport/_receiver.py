@@ -30,7 +30,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -350,6 +350,14 @@ class RunTracker:
         return self._done.wait(timeout)
 
 
+#: Parts up to this size are received as bytes, larger ones as zmq.Frame.
+SMALL_PART: Final = 8192
+#: Default receive high-water mark (messages). Bounded, so a consumer slower
+#: than the detector cannot grow without limit: PUSH senders then block, PUB
+#: senders drop, and the gap is reported as missing frames.
+DEFAULT_RCVHWM: Final = 4096
+
+
 class _NullSink:
     def put(self, row: int, frame: Frame) -> None:
         return None
@@ -374,7 +382,7 @@ class StreamReceiver:
         endpoint: str,
         socket_type: SocketType = "sub",
         *,
-        rcvhwm: int = 0,
+        rcvhwm: int = DEFAULT_RCVHWM,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         batch: int = 512,
         backlog: int = 10_000,
@@ -575,10 +583,13 @@ class StreamReceiver:
             return
         for _ in range(self.batch):
             try:
-                message = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             self.messages += 1
+            # large parts (spectra) stay zero-copy; small ones (JSON, metadata
+            # pickle) as bytes, which the decoder's fast paths handle best
+            message = [f if len(f) > SMALL_PART else f.bytes for f in frames]
             self.bytes += sum(len(f) for f in message)
             try:
                 packets = self.decoder.feed(message)
