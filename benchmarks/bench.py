@@ -234,9 +234,13 @@ def _fast_publisher(endpoint: str, channels: int, n: int, ready: Any) -> None:
     sock.bind(endpoint)
     ready.wait()
     sock.send_multipart(header)
+    # each pooled JSON part split around its frame number once, not per frame
+    split = [_FRAME_RE.split(m[0], maxsplit=1) for m in pool]
+    key = b'"frame": '
     for i in range(n):
         m = pool[i % 8]
-        sock.send_multipart([_renumber(m[0], i), m[1], m[2]], copy=False)
+        before, after = split[i % 8]
+        sock.send_multipart([before + key + b"%d" % i + after, m[1], m[2]], copy=False)
     sock.send_multipart([b'{"htype": "series_end"}'])
     sock.close(linger=-1)
     ctx.term()

@@ -86,7 +86,7 @@ DERIVED: Final = (
 #: Target size of one HDF5 chunk (the spectra of 16 frames of 4 x 4096 uint32).
 CHUNK_BYTES: Final = 1 << 20
 #: Target size of the spectra of one block handed to the writer thread.
-BLOCK_BYTES: Final = 8 << 20
+BLOCK_BYTES: Final = 16 << 20
 #: Blocks in the pool: the most the receiver can be ahead of the disk.
 MAX_BLOCKS: Final = 8
 #: How long the receiver waits for a free block before declaring the writer stuck.
