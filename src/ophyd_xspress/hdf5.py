@@ -106,6 +106,9 @@ class DatasetSpec:
     def path(self) -> str:
         return f"{GROUP}/{self.name}"
 
+    def chunk_bytes(self) -> int:
+        return self.chunk_rows() * math.prod(self.shape) * np.dtype(self.dtype).itemsize
+
     def chunk_rows(self) -> int:
         per_row = math.prod(self.shape) * np.dtype(self.dtype).itemsize
         return max(1, min(4096, CHUNK_BYTES // max(1, per_row)))
@@ -260,6 +263,11 @@ class Hdf5FrameWriter:
                     dtype=spec.dtype,
                     chunks=(spec.chunk_rows(), *spec.shape),
                     fillvalue=-1 if spec.name == "frame_number" else 0,
+                    # room for the chunk being filled and the next; rows are
+                    # written once, so finished chunks are evicted at once
+                    # (the default 1 MiB cache per dataset kept growing RSS)
+                    rdcc_nbytes=2 * spec.chunk_bytes(),
+                    rdcc_w0=1.0,
                 )
                 if spec.units:
                     ds.attrs["units"] = spec.units

@@ -224,3 +224,38 @@ def test_fly_scan_of_replayed_capture_to_hdf5(
             )
     assert xspress.run_summaries[-1]["frames_received"] == len(frames)
     assert xspress.anomalies == {}
+
+
+def test_passive_fly_scan_drops_repeated_frames_without_shifting_rows(
+    RE, docs, passive, fly, tmp_path
+):
+    """Frames 0,1,2,0,1,3,4,5 (a repeat of 0-1 inside one series, as real
+    streams do): a passive run numbers rows by arrival, so the repeats must be
+    dropped, or frames 3-5 would land in the wrong rows."""
+    from ophyd_xspress.capture import write_capture
+    from ophyd_xspress.protocol import SeriesEndMessage, StreamEncoder
+    from ophyd_xspress.sim import SimulatedXspress3
+
+    sim = SimulatedXspress3(channels=4, pace=False)
+    encoder = StreamEncoder("multipart")
+    frames = [sim.expected_frame(0, i) for i in range(6)]
+    messages = list(encoder.encode(sim.header()))
+    for k in (0, 1, 2, 0, 1, 3, 4, 5):
+        messages += encoder.encode(frames[k])
+    messages += encoder.encode(SeriesEndMessage())
+    path = tmp_path / "repeats.cbors"
+    write_capture(path, messages)
+    xspress, replayer = passive(path)
+    RE(fly(xspress, TriggerInfo(number_of_events=6)))
+    replayer.join()
+    docs.assert_valid()
+    assert docs["stop"][0]["exit_status"] == "success"
+    (h5,) = tmp_path.glob("*.h5")
+    with h5py.File(h5, "r") as f:
+        g = f["/entry/instrument/xspress3"]
+        np.testing.assert_array_equal(g["frame_number"][:], np.arange(6))
+        for i, frame in enumerate(frames):
+            np.testing.assert_array_equal(g["data"][i], frame.spectra)
+    summary = xspress.run_summaries[-1]
+    assert summary["frames_received"] == 6
+    assert summary["repeated"] == [0, 1]

@@ -120,6 +120,8 @@ class RunTracker:
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._highest = -1
         self.backlog_fed = False
+        #: passive runs: the detector frame numbers of the current series
+        self._series_seen = FrameSet()
         self._durable: FrameSet | None = getattr(sink, "durable", None)
         if self._durable is not None:
             sink.on_flushed = self._on_sink_flushed  # type: ignore[attr-defined]
@@ -140,8 +142,10 @@ class RunTracker:
                     "attributed to this run"
                 )
             )
-        elif self.header is None:
-            self.header = header
+        else:
+            if self.header is None:
+                self.header = header
+            self._series_seen.clear()  # passive: frame numbers restart
 
     def _on_series_end(self) -> None:
         if self.awaiting_header:
@@ -165,6 +169,20 @@ class RunTracker:
                 frame.frame,
             )
             return
+        if not self.active:
+            # rows by arrival, but a frame number seen before in this series is a
+            # repeat: dropping it keeps the later frames in their rows
+            if frame.frame in self._series_seen:
+                self.counts["repeated"] += 1
+                self.repeated.append(frame.frame)
+                log.warning(
+                    "%s: frame %d received again in this series; keeping the "
+                    "first copy",
+                    self.receiver.endpoint,
+                    frame.frame,
+                )
+                return
+            self._series_seen.add(frame.frame)
         number = frame.frame if self.active else self._next_passive()
         if number in self.received:
             self.counts["repeated"] += 1
