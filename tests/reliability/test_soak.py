@@ -155,15 +155,6 @@ def test_pipeline_smoke(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: RSS grows with the frames of a series (measured 179 MB at 100k "
-    "-> 316 MB at 1M frames): StreamDecoder's SeriesTracker keeps every frame "
-    "number in SeriesState.seen (protocol/_series.py:98, 276; ~60 B/frame, see "
-    "test_decoder_memory_does_not_grow_with_finished_series); the rest "
-    "(~95 B/frame) is native memory in the Hdf5FrameWriter path (h5py/libhdf5, "
-    "SWMR, datasets resized on every flush), not Python objects",
-)
 def test_million_frames_flat_memory(tmp_path: Path) -> None:
     n = int(os.environ.get("XSPRESS_SOAK_FRAMES", "1000000"))
     assert n >= 2 * CHECKPOINT, "XSPRESS_SOAK_FRAMES must be at least 200000"
