@@ -1,0 +1,388 @@
+# ruff: noqa: N803 - RE is the conventional RunEngine fixture name
+"""Stream faults the simulator cannot make, at the device level, in active mode.
+
+The detector arms and stops the simulator through its real Tango device, but
+its stream comes from a PUSH socket the test binds and writes by hand: a series
+built from the simulator's frames with :class:`StreamEncoder`, in whatever order
+the fault needs (a second header mid-run, frames with no header, frames of an
+older series before the run's header, a frame number beyond the run). The
+simulator's own stream goes to nobody. Messages are sent from the plan once the
+detector is kicked off, so the run has begun and is waiting for its header.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+import zmq
+from ophyd_async.core import TriggerInfo, init_devices
+
+from ophyd_xspress.device import XspressDetector
+from ophyd_xspress.protocol import (
+    Frame,
+    ProtocolError,
+    SeriesEndMessage,
+    StreamEncoder,
+)
+from ophyd_xspress.transport import StreamConnectError, StreamStalledError
+
+GROUP = "/entry/instrument/xspress3"
+HINT = (
+    "(the series header never arrived: was the detector armed, and the "
+    "subscriber connected before Arm?)"
+)
+
+
+def find_in_chain(exc: BaseException, kind: type[BaseException]) -> BaseException:
+    todo: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, kind):
+            return e
+        if isinstance(e, BaseExceptionGroup):
+            todo.extend(e.exceptions)
+        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+    raise AssertionError(f"no {kind.__name__} in the chain of {exc!r}")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def receiver_threads() -> list[threading.Thread]:
+    return [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith("xspress-rx") and t.is_alive()
+    ]
+
+
+class PushStream:
+    """A bound PUSH socket on loopback; ``send`` blocks at most 10 s per message."""
+
+    def __init__(self) -> None:
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.sock = self.ctx.socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDTIMEO, 10_000)
+        self.sock.bind("tcp://127.0.0.1:0")
+        self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+    def send(self, messages: list[list[Any]]) -> None:
+        for message in messages:
+            self.sock.send_multipart(message)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def pushed(
+    RE: Any, in_loop: Callable[..., Any], sim: Any, tmp_path: Path
+) -> Iterator[Callable[..., tuple[XspressDetector, PushStream]]]:
+    """``pushed(**options)``: an active detector (Tango of ``sim``) whose stream
+    is a PULL connected to a fresh :class:`PushStream`."""
+    made: list[tuple[XspressDetector, PushStream]] = []
+
+    def make(**options: Any) -> tuple[XspressDetector, PushStream]:
+        push = PushStream()
+        with init_devices():
+            det = XspressDetector(
+                stream=push.endpoint,
+                tango=sim.tango_trl,
+                socket="pull",
+                name="xspress",
+                path=tmp_path,
+                **options,
+            )
+        made.append((det, push))
+        return det, push
+
+    yield make
+    for det, push in made:
+        in_loop(det.unstage, timeout=60)
+        push.close()
+
+
+def frames_of(sim: Any, series: int, numbers: range | list[int]) -> list[Frame]:
+    """Frames as the simulator would send them for ``series`` (an index far
+    from any series it really runs, so the content is this test's own)."""
+    return [sim.control.expected_frame(series, k) for k in numbers]
+
+
+def encode(encoder: StreamEncoder, *packets: Any) -> list[list[Any]]:
+    out: list[list[Any]] = []
+    for packet in packets:
+        out += encoder.encode(packet)
+    return out
+
+
+def only_h5(folder: Path) -> Path:
+    (h5,) = folder.glob("*.h5")
+    return h5
+
+
+# -- row 5b: a new header mid-run ------------------------------------------------------
+def test_new_header_mid_run_fails_at_once_and_keeps_the_first_frames(
+    RE, sim, pushed, docs, fly, tmp_path, caplog
+):
+    """header, frames 0-3, a new header, frames 0-2 of the new series: the run
+    fails at once with the facts; rows 0-3 hold the first series' frames, the
+    new series' frames are counted as ``after_close`` and never written."""
+    caplog.set_level(logging.WARNING, logger="ophyd_xspress")
+    n = 10
+    xspress, push = pushed(stall_timeout=5.0)
+    encoder = StreamEncoder("multipart")
+    runs: list[Any] = []
+    sent: dict[str, list[Frame]] = {}
+
+    def send() -> None:
+        # after prepare: the frames use the settings of this fly scan
+        first, second = frames_of(sim, 1000, range(4)), frames_of(sim, 1001, range(3))
+        assert all(
+            not np.array_equal(a.spectra, b.spectra)
+            for a, b in zip(first, second, strict=False)
+        )
+        sent["first"], sent["second"] = first, second
+        header = sim.control.header()
+        run = xspress._rt.run
+        runs.append(run)
+        push.send(encode(encoder, header, *first, header, *second))
+        # every frame of the new series reached the run (and was refused)
+        assert wait_until(lambda: run.counts["after_close"] >= 3, 10), run.counts
+
+    t0 = time.monotonic()
+    with pytest.raises(Exception) as info:  # noqa: PT011 - checked below
+        RE(
+            fly(
+                xspress,
+                TriggerInfo(number_of_events=n, livetime=0.01),
+                after_kickoff=send,
+            )
+        )
+    elapsed = time.monotonic() - t0
+    error = find_in_chain(info.value, ProtocolError)
+    assert str(error) == (
+        f"stream from {push.endpoint} restarted mid-run: a new header arrived "
+        f"after 4 of {n} frames; frames after it are not attributed to this run"
+    )
+    # failed at once, not after the 5 s stall time-out
+    assert elapsed < 5.0, elapsed
+    docs.assert_valid()
+    (stop,) = docs["stop"]
+    assert stop["exit_status"] == "fail", stop
+    messages = [r.getMessage() for r in caplog.records]
+    assert (
+        "series 0: new header before series_end after 4 frames; starting series 1"
+        in messages
+    ), messages
+    summary = xspress.run_summaries[-1]
+    assert summary["frames_received"] == 4, summary
+    assert summary["missing"] == list(range(4, n)), summary
+    assert summary["anomaly_counts"] == {"header_mid_run": 1, "after_close": 3}
+    (run,) = runs
+    assert run.counts == {"header_mid_run": 1, "after_close": 3}
+    with h5py.File(only_h5(tmp_path), "r") as f:
+        g = f[GROUP]
+        np.testing.assert_array_equal(
+            g["frame_number"][:], [0, 1, 2, 3] + [-1] * (n - 4)
+        )
+        for i, frame in enumerate(sent["first"]):
+            np.testing.assert_array_equal(g["data"][i], frame.spectra)
+            np.testing.assert_array_equal(g["all_good"][i], frame["all_good"])
+        assert not g["data"][4:].any()
+    assert receiver_threads() == []
+
+
+# -- row 6: the header lost in active mode; nothing listening at stage -----------------
+def test_lost_header_in_active_mode_stalls_with_the_hint(
+    RE, sim, pushed, docs, fly, tmp_path
+):
+    """Frames 0-2 with no header before them: never attributed (counted as
+    outside any series); the run stalls, and says the header never came."""
+    n = 10
+    xspress, push = pushed(stall_timeout=1.0)
+    encoder = StreamEncoder("multipart")
+
+    def send() -> None:
+        push.send(encode(encoder, *frames_of(sim, 1000, range(3))))
+
+    with pytest.raises(Exception) as info:  # noqa: PT011 - checked below
+        RE(
+            fly(
+                xspress,
+                TriggerInfo(number_of_events=n, livetime=0.01),
+                after_kickoff=send,
+            )
+        )
+    stalled = find_in_chain(info.value, StreamStalledError)
+    text = str(stalled)
+    assert re.fullmatch(
+        rf"no frame from {re.escape(push.endpoint)} for \d+\.\d s: received 0 of "
+        rf"{n} frames {re.escape(HINT)}",
+        text,
+    ), text
+    assert xspress._rt.receiver.counts["outside_series"] == 3
+    (stop,) = docs["stop"]
+    assert stop["exit_status"] == "fail", stop
+    summary = xspress.run_summaries[-1]
+    assert summary["frames_received"] == 0, summary
+    assert summary["missing"] == list(range(n)), summary
+    with h5py.File(only_h5(tmp_path), "r") as f:
+        g = f[GROUP]
+        np.testing.assert_array_equal(g["frame_number"][:], [-1] * n)
+        assert not g["data"][:].any()
+    assert docs["stream_datum"] == []
+
+
+def test_stage_with_nothing_listening_fails_with_the_endpoint(
+    RE, sim, in_loop, tmp_path
+):
+    """Port 1 on loopback: nothing listens (only root could bind it). Stage
+    fails after ``connect_timeout`` with the endpoint and the time-out, and
+    never arms the device."""
+    endpoint = "tcp://127.0.0.1:1"
+    with init_devices():
+        det = XspressDetector(
+            stream=endpoint,
+            tango=sim.tango_trl,
+            name="xspress",
+            path=tmp_path,
+            connect_timeout=0.5,
+        )
+    series = sim.control.series_index
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(StreamConnectError) as info:
+            in_loop(det.stage)
+        elapsed = time.monotonic() - t0
+    finally:
+        in_loop(det.unstage, timeout=60)
+    assert str(info.value) == (
+        f"no connection to the detector stream at {endpoint} within 0.5 s (is the "
+        "detector / simulator running, the address right, and port open in the "
+        "firewall?)"
+    )
+    assert 0.5 <= elapsed < 5.0, elapsed
+    assert receiver_threads() == []
+    assert sim.control.series_index == series, "armed without a stream"
+
+
+# -- row 7: stale frames after the run began, before its header ------------------------
+def test_stale_frames_before_the_header_are_discarded_one_by_one(
+    RE, sim, pushed, in_loop, docs, fly, tmp_path, caplog
+):
+    """An older series' header reaches the staged receiver between runs; its
+    frames 1-3 and its series_end arrive after the run began, then the run's
+    own series. Each stale frame is discarded with a warning; the stale
+    series_end does not end the run; the file holds the run's frames only."""
+    caplog.set_level(logging.WARNING, logger="ophyd_xspress")
+    n = 5
+    xspress, push = pushed(stall_timeout=5.0)
+    encoder = StreamEncoder("multipart")
+    in_loop(xspress.stage)
+    receiver = xspress._rt.receiver
+    push.send(encode(encoder, sim.control.header()))
+    assert wait_until(lambda: receiver.last_header is not None, 10)
+    sent: list[Frame] = []
+
+    def send() -> None:
+        stale = frames_of(sim, 1000, range(1, 4))
+        own = frames_of(sim, 1001, range(n))
+        sent.extend(own)
+        push.send(
+            encode(encoder, *stale, SeriesEndMessage(), sim.control.header())
+            + encode(encoder, *own, SeriesEndMessage())
+        )
+
+    RE(
+        fly(
+            xspress,
+            TriggerInfo(number_of_events=n, livetime=0.01),
+            after_kickoff=send,
+        )
+    )
+    docs.assert_valid()
+    (stop,) = docs["stop"]
+    assert stop["exit_status"] == "success", stop
+    messages = [r.getMessage() for r in caplog.records]
+    for k in (1, 2, 3):
+        line = (
+            f"{push.endpoint}: discarded stale frame {k} (arrived before this "
+            "run's header)"
+        )
+        assert messages.count(line) == 1, messages
+    summary = xspress.run_summaries[-1]
+    assert summary["frames_received"] == n, summary
+    assert summary["stale_discarded"] == 3, summary
+    assert summary["anomaly_counts"] == {"stale": 3, "stale_series_end": 1}
+    assert xspress.anomalies == {"stale": 3}
+    with h5py.File(only_h5(tmp_path), "r") as f:
+        g = f[GROUP]
+        np.testing.assert_array_equal(g["frame_number"][:], np.arange(n))
+        for i, frame in enumerate(sent):
+            np.testing.assert_array_equal(g["data"][i], frame.spectra)
+    assert max(d["indices"]["stop"] for d in docs["stream_datum"]) == n
+
+
+# -- row 8: a frame number beyond the run ----------------------------------------------
+def test_frame_beyond_the_run_is_logged_and_not_written(
+    RE, sim, pushed, docs, fly, tmp_path, caplog
+):
+    """header, 0, 1, 25, 2, series_end for a 3-frame run: frame 25 is counted
+    as ``unexpected``, logged with its number, and not written."""
+    caplog.set_level(logging.WARNING, logger="ophyd_xspress")
+    n = 3
+    xspress, push = pushed(stall_timeout=5.0)
+    encoder = StreamEncoder("multipart")
+    sent: list[Frame] = []
+
+    def send() -> None:
+        f0, f1, f25, f2 = frames_of(sim, 1000, [0, 1, 25, 2])
+        sent.extend([f0, f1, f2])
+        push.send(
+            encode(encoder, sim.control.header(), f0, f1, f25, f2, SeriesEndMessage())
+        )
+
+    RE(
+        fly(
+            xspress,
+            TriggerInfo(number_of_events=n, livetime=0.01),
+            after_kickoff=send,
+        )
+    )
+    docs.assert_valid()
+    assert docs["stop"][0]["exit_status"] == "success"
+    messages = [r.getMessage() for r in caplog.records]
+    assert (
+        f"{push.endpoint}: frame 25 is beyond the 3 frames this run expects; "
+        "not written"
+    ) in messages, messages
+    summary = xspress.run_summaries[-1]
+    assert summary["frames_received"] == n, summary
+    assert summary["anomaly_counts"] == {"unexpected": 1}, summary
+    with h5py.File(only_h5(tmp_path), "r") as f:
+        g = f[GROUP]
+        assert g["frame_number"].shape == (n,)
+        np.testing.assert_array_equal(g["frame_number"][:], np.arange(n))
+        for i, frame in enumerate(sent):
+            np.testing.assert_array_equal(g["data"][i], frame.spectra)
