@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import re
 import threading
 import time
@@ -290,8 +291,9 @@ def test_interrupting_an_unpaced_fly_scan_stops_the_acquisition(RE, sim, make_xs
 
 # -- lost, repeated, out-of-order frames -----------------------------------------------
 def test_repeated_and_swapped_frames_are_counted_not_shifted(
-    RE, sim, make_xspress, docs, fly, tmp_path
+    RE, sim, make_xspress, docs, fly, tmp_path, caplog
 ):
+    caplog.set_level(logging.WARNING, logger="ophyd_xspress")
     n = 20
     xspress = make_xspress(stall_timeout=2.0)
     first = sim.control.series_index + 1
@@ -306,6 +308,18 @@ def test_repeated_and_swapped_frames_are_counted_not_shifted(
     assert summary["repeated"] == [8, 8]
     assert summary["out_of_order"] == [12]
     assert xspress.anomalies == {"repeated": 2, "out_of_order": 1}
+    # the receiver names each anomaly and what it did with the frame
+    endpoint = sim.stream_endpoint
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "ophyd_xspress.transport" and r.levelno == logging.WARNING
+    ]
+    assert lines == [
+        f"{endpoint}: frame 8 received again; keeping the first copy",
+        f"{endpoint}: frame 8 received again; keeping the first copy",
+        f"{endpoint}: frame 12 arrived after frame 13; written to its own row",
+    ], lines
     with h5py.File(only_h5(tmp_path), "r") as f:
         g = f[GROUP]
         np.testing.assert_array_equal(g["frame_number"][:], np.arange(n))

@@ -10,6 +10,7 @@ after 0.5 s.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 from bluesky.plans import count
 from bluesky.utils import RunEngineInterrupted
@@ -31,6 +33,10 @@ LIVETIME = 0.001
 DELAY = 0.5
 #: short, so that an orphaned complete() status (see the xfail below) ends soon
 STALL = 1.0
+
+PAUSED = "xspress: paused while acquiring ("
+ENDED = "xspress: complete() ended: the detector was unstaged after "
+RESUMING = "xspress: resuming: waiting for the acquisition to finish"
 
 
 def _receiver_threads() -> list[threading.Thread]:
@@ -57,8 +63,14 @@ def _later(delay: float, action: Callable[[], Any]) -> threading.Thread:
     return thread
 
 
-#: coroutines of the detector's complete() status and its watchers
-DETECTOR_TASKS = ("_wait_for_index", "_watch_fault", "RunTracker.wait")
+#: coroutines of the detector's complete() status and its watchers (an
+#: ophyd-async status task runs ``wait_with_error_message``)
+DETECTOR_TASKS = (
+    "_wait_for_index",
+    "_watch_fault",
+    "RunTracker.wait",
+    "wait_with_error_message",
+)
 
 
 async def _detector_tasks() -> list[str]:
@@ -78,7 +90,9 @@ def wait_detector_tasks_gone(in_loop: Any, timeout: float) -> list[str]:
         time.sleep(0.05)
 
 
-def _assert_left_clean(RE: Any, sim: Any, docs: Any, tmp_path: Path) -> None:
+def _assert_left_clean(
+    RE: Any, sim: Any, docs: Any, tmp_path: Path, exit_status: str
+) -> None:
     assert RE.state == "idle", RE.state
     assert sim.control.wait_idle(3), "the acquisition was not stopped"
     deadline = time.monotonic() + 3
@@ -87,9 +101,26 @@ def _assert_left_clean(RE: Any, sim: Any, docs: Any, tmp_path: Path) -> None:
     assert sim.control.state == DevState.STANDBY
     assert _receiver_threads() == [], "receiver thread outlived the scan"
     (stop,) = docs["stop"]
-    assert stop["exit_status"] in ("success", "abort", "fail"), stop
-    if stop["exit_status"] != "success":
+    assert stop["exit_status"] == exit_status, stop
+    if exit_status != "success":
         assert sim.control.n_frames_acquired < N, "the interrupt came too late"
+
+
+def _wait_fds_back(baseline: int, timeout: float) -> int:
+    """Open file descriptors once they are back to ``baseline`` (libzmq closes
+    a socket's descriptors on its reaper thread, shortly after ``close()``), or
+    the count when ``timeout`` passes."""
+    proc = psutil.Process()
+    deadline = time.monotonic() + timeout
+    while True:
+        fds = proc.num_fds()
+        if fds <= baseline or time.monotonic() > deadline:
+            return fds
+        time.sleep(0.02)
+
+
+def _log_lines(caplog: Any, prefix: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(prefix)]
 
 
 def _assert_next_scans_work(
@@ -127,8 +158,18 @@ def _run(
     in_loop: Any,
     interrupt: Callable[[Any], Any],
     after_interrupted: Callable[[Any], Any] | None,
+    *,
+    exit_status: str,
+    caplog: Any,
 ) -> tuple[Any, int, int]:
+    caplog.set_level(logging.INFO, logger="ophyd_xspress.device")
     xspress = make_xspress(stall_timeout=STALL)
+    # warm-up (the scans run after the interruption): pytango's client threads
+    # and event channel, ZeroMQ's context, caches; then the descriptor baseline
+    _assert_next_scans_work(RE, sim, xspress, docs, fly, check_stream_docs)
+    docs.clear()
+    fds_before = psutil.Process().num_fds()
+    warm_files = set(tmp_path.glob("*.h5"))
     series = sim.control.series_index + 1
     thread = _later(DELAY, lambda: interrupt(RE))
     outcome: Any = None
@@ -147,8 +188,13 @@ def _run(
     thread.join(10)
     assert not thread.errors, thread.errors  # type: ignore[attr-defined]
     docs.assert_valid()
-    _assert_left_clean(RE, sim, docs, tmp_path)
-    files = sorted(tmp_path.glob("*.h5"), key=lambda p: p.stat().st_mtime_ns)
+    _assert_left_clean(RE, sim, docs, tmp_path, exit_status)
+    # the receiver's socket and the HDF5 file are closed: no descriptor left
+    fds = _wait_fds_back(fds_before, 5.0)
+    assert fds <= fds_before, f"file descriptors: {fds_before} before, {fds} after"
+    files = sorted(
+        set(tmp_path.glob("*.h5")) - warm_files, key=lambda p: p.stat().st_mtime_ns
+    )
     # one file; a resumed (rewound) fly scan might prepare a second one
     assert 1 <= len(files) <= 2, files
     on_disk = covered = -1
@@ -162,12 +208,23 @@ def _run(
     _assert_next_scans_work(RE, sim, xspress, docs, fly, check_stream_docs)
     # no status of the interrupted run may outlive the test's event loop
     assert wait_detector_tasks_gone(in_loop, STALL + 5) == []
+    fds = _wait_fds_back(fds_before, 5.0)
+    assert fds <= fds_before, f"file descriptors: {fds_before} before, {fds} after"
     print("outcome:", type(outcome).__name__, str(outcome)[:2000])
     return outcome, on_disk, covered
 
 
 def test_pause_then_resume(
-    RE, sim, make_xspress, docs, fly, tmp_path, check_stream_docs, check_file, in_loop
+    RE,
+    sim,
+    make_xspress,
+    docs,
+    fly,
+    tmp_path,
+    check_stream_docs,
+    check_file,
+    in_loop,
+    caplog,
 ):
     """request_pause() mid fly scan, then resume(): the run ends (completed or
     cleanly ended) and the detector works afterwards."""
@@ -188,6 +245,8 @@ def test_pause_then_resume(
         in_loop,
         lambda RE: RE.request_pause(),
         resume,
+        exit_status="success",
+        caplog=caplog,
     )
     # The detector refuses the replay while acquiring (pause() raises
     # NoReplayAllowed): frames keep being written during the pause and the
@@ -195,10 +254,26 @@ def test_pause_then_resume(
     assert not isinstance(outcome, BaseException), outcome
     assert outcome.exit_status == "success", outcome
     assert on_disk == covered == N
+    (paused,) = _log_lines(caplog, PAUSED)
+    assert paused.endswith(
+        f" of {N} frames so far): the acquisition continues; resume waits for "
+        "the rest, abort or stop ends it"
+    ), paused
+    assert _log_lines(caplog, RESUMING) == [RESUMING]
+    assert _log_lines(caplog, ENDED) == []
 
 
 def test_immediate_pause_then_abort(
-    RE, sim, make_xspress, docs, fly, tmp_path, check_stream_docs, check_file, in_loop
+    RE,
+    sim,
+    make_xspress,
+    docs,
+    fly,
+    tmp_path,
+    check_stream_docs,
+    check_file,
+    in_loop,
+    caplog,
 ):
     _run(
         RE,
@@ -212,11 +287,36 @@ def test_immediate_pause_then_abort(
         in_loop,
         lambda RE: RE.request_pause(defer=False),
         lambda RE: RE.abort("interrupted by the test"),
+        exit_status="abort",
+        caplog=caplog,
     )
+    assert len(_log_lines(caplog, PAUSED)) == 1
+    _assert_ended_line(caplog)
+
+
+def _assert_ended_line(caplog: Any) -> None:
+    """The complete() status that was still waiting at unstage says how far the
+    run got. When the RunEngine cancels that status itself first (it may, on
+    abort, depending on where the plan was), there is nothing to end: no line."""
+    lines = _log_lines(caplog, ENDED)
+    assert len(lines) <= 1, lines
+    for ended in lines:
+        done = int(ended[len(ENDED) :].split(" ")[0])
+        assert 0 < done < N, ended
+        assert ended == f"{ENDED}{done} of {N} frames", ended
 
 
 def test_abort_from_another_thread(
-    RE, sim, make_xspress, docs, fly, tmp_path, check_stream_docs, check_file, in_loop
+    RE,
+    sim,
+    make_xspress,
+    docs,
+    fly,
+    tmp_path,
+    check_stream_docs,
+    check_file,
+    in_loop,
+    caplog,
 ):
     _run(
         RE,
@@ -230,11 +330,24 @@ def test_abort_from_another_thread(
         in_loop,
         lambda RE: RE.abort("KeyboardInterrupt"),
         None,
+        exit_status="abort",
+        caplog=caplog,
     )
+    assert _log_lines(caplog, PAUSED) == []
+    _assert_ended_line(caplog)
 
 
 def test_stop_from_another_thread(
-    RE, sim, make_xspress, docs, fly, tmp_path, check_stream_docs, check_file, in_loop
+    RE,
+    sim,
+    make_xspress,
+    docs,
+    fly,
+    tmp_path,
+    check_stream_docs,
+    check_file,
+    in_loop,
+    caplog,
 ):
     _run(
         RE,
@@ -248,24 +361,47 @@ def test_stop_from_another_thread(
         in_loop,
         lambda RE: RE.stop(),
         None,
+        exit_status="success",
+        caplog=caplog,
     )
+    assert _log_lines(caplog, PAUSED) == []
+    _assert_ended_line(caplog)
 
 
-def test_double_sigint_then_abort(
-    RE, sim, make_xspress, docs, fly, tmp_path, check_stream_docs, check_file, in_loop
-):
-    """Ctrl-C twice (a real SIGINT to this process): the RunEngine pauses at
-    once; the user then aborts."""
+def _catch_stray_sigint() -> tuple[list[int], Any]:
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("SIGINT handlers can only be installed from the main thread")
     stray: list[int] = []
     # RunEngine installs its own handler for the run and restores this one after:
     # a SIGINT arriving outside the run must not kill the test session.
     previous = signal.signal(signal.SIGINT, lambda signum, frame: stray.append(signum))
+    return stray, previous
+
+
+def test_double_sigint_then_abort(
+    RE,
+    sim,
+    make_xspress,
+    docs,
+    fly,
+    tmp_path,
+    check_stream_docs,
+    check_file,
+    in_loop,
+    caplog,
+):
+    """Ctrl-C twice (a real SIGINT to this process): the RunEngine pauses at
+    once; the user then aborts."""
+    stray, previous = _catch_stray_sigint()
 
     def ctrl_c_twice(RE: Any) -> None:
         os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.1)
+        # bluesky counts a second SIGINT only once the first was handled (a
+        # deferred pause requested) and at least 100 ms after it, as a human
+        deadline = time.monotonic() + 5
+        while not RE.deferred_pause_requested and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.25)
         if RE.state == "running":
             os.kill(os.getpid(), signal.SIGINT)
 
@@ -282,10 +418,55 @@ def test_double_sigint_then_abort(
             in_loop,
             ctrl_c_twice,
             lambda RE: RE.abort("KeyboardInterrupt"),
+            exit_status="abort",
+            caplog=caplog,
         )
     finally:
         signal.signal(signal.SIGINT, previous)
     assert stray == [], "SIGINT arrived outside the run (not handled by RunEngine)"
+    assert len(_log_lines(caplog, PAUSED)) == 1
+    _assert_ended_line(caplog)
+
+
+def test_single_sigint_is_a_deferred_pause_the_fly_scan_completes(
+    RE,
+    sim,
+    make_xspress,
+    docs,
+    fly,
+    tmp_path,
+    check_stream_docs,
+    check_file,
+    in_loop,
+    caplog,
+):
+    """Ctrl-C once: bluesky asks for a pause at the next checkpoint. The fly
+    plan has none after kickoff, so the scan runs to its end: every frame on
+    disk and covered by StreamDatum, the detector never paused."""
+    stray, previous = _catch_stray_sigint()
+    try:
+        outcome, on_disk, covered = _run(
+            RE,
+            sim,
+            make_xspress,
+            docs,
+            fly,
+            tmp_path,
+            check_stream_docs,
+            check_file,
+            in_loop,
+            lambda RE: os.kill(os.getpid(), signal.SIGINT),
+            None,
+            exit_status="success",
+            caplog=caplog,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert stray == [], "SIGINT arrived outside the run (not handled by RunEngine)"
+    assert not isinstance(outcome, BaseException), outcome
+    assert on_disk == covered == N
+    assert _log_lines(caplog, PAUSED) == []
+    assert _log_lines(caplog, ENDED) == []
 
 
 def test_aborted_fly_scan_leaves_no_detector_task_running(

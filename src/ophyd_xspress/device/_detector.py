@@ -290,6 +290,7 @@ class XspressDetector(StandardDetector):
         task = asyncio.current_task()
         failure: list[BaseException] = []
         ended: list[bool] = []
+        cancels: list[int] = []
 
         async def guard() -> None:
             if run is None:
@@ -300,8 +301,7 @@ class XspressDetector(StandardDetector):
                 raise
             except BaseException as exc:
                 failure.append(exc)
-                if task is not None:
-                    task.cancel()
+                await interrupt()
                 return
             if run.closed and not run.done:
                 # unstaged mid-acquisition (an aborted or stopped plan): end
@@ -309,8 +309,18 @@ class XspressDetector(StandardDetector):
                 # never come. It ends quietly: failing it would turn the
                 # RunEngine's abort into a FailedStatus.
                 ended.append(True)
-                if task is not None:
-                    task.cancel()
+                await interrupt()
+
+        async def interrupt() -> None:
+            # Python 3.11's asyncio.wait_for swallows a cancel that lands just
+            # as its inner wait completes (ophyd-async waits for frames with
+            # it), leaving the status waiting for frames that never come: ask
+            # again until the status has taken it. This task is cancelled in
+            # the ``finally`` below, as the status ends.
+            while task is not None and not task.done():
+                task.cancel()
+                cancels.append(1)
+                await asyncio.sleep(0.05)
 
         guard_task = asyncio.ensure_future(guard())
         inner = cast(
@@ -332,7 +342,8 @@ class XspressDetector(StandardDetector):
                 raise failure[0] from None
             if ended:
                 if task is not None:
-                    task.uncancel()  # the cancel was ours, and is handled
+                    for _ in cancels:  # the cancels were ours, and are handled
+                        task.uncancel()
                 log.info(
                     "%s: complete() ended: the detector was unstaged after %d of "
                     "%d frames",
