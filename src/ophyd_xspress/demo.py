@@ -99,7 +99,9 @@ def run_demo(
     RE = RunEngine({}, call_returns_result=True)  # noqa: N806 - bluesky convention
     try:
         RE.subscribe(catalog.writer)
-        if progress:
+        # tqdm redraws in place on a terminal; into a pipe or a log file each
+        # redraw would be a new line, hundreds of them
+        if progress and sys.stderr.isatty():
             RE.waiting_hook = ProgressBarManager()  # pyright: ignore[reportAttributeAccessIssue]
         with XspressSimulator(channels=channels, count_rate=3e5) as sim:
             print(

@@ -354,6 +354,20 @@ def test_roi_sums_no_overflow_beyond_uint32():
     assert roi_sums(spectra, [[0, 4095]])[0, 0] == 4096 * (2**32 - 1)
 
 
+@pytest.mark.parametrize("value", [2**20 - 1, 2**20, 2**21 + 3])
+def test_roi_sums_exact_on_both_sides_of_the_32_bit_shortcut(value: int) -> None:
+    """uint32 spectra are summed in 32 bits only when no window sum can reach
+    2**32 (largest bin x widest window); 4096 x 2**20 is exactly 2**32."""
+    spectra = np.full((3, 2, 4096), value, dtype=np.uint32)
+    spectra[1, 1, 7] = 0
+    got = roi_sums(spectra, [[0, 4095], [7, 7]])
+    assert got.dtype == np.uint64
+    want = np.full((3, 2, 2), 4096 * value, dtype=np.uint64)
+    want[..., 1] = value
+    want[1, 1] = (4095 * value, 0)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_roi_sums_of_non_finite_float_spectra_are_exact_and_quiet():
     spectra = np.array([[1.0, np.inf, 3.0, -np.inf], [np.nan, 1.0, 2.0, 3.0]])
     windows = np.array([[0, 1], [2, 3], [3, 3], [2, 2]])

@@ -459,12 +459,15 @@ def test_frame_set_matches_a_set(frames: list[int]) -> None:
         seen.add(f)
         reference.add(f)
         assert f in seen
-    assert len(seen) == len(reference)
+        assert len(seen) == len(reference)  # kept as a count, O(1)
     assert all((k in seen) == (k in reference) for k in range(-2, 64))
     intervals = seen.intervals
     # disjoint, sorted, never adjacent (adjacent intervals are merged)
     assert all(a < b for a, b in intervals)
     assert all(b1 < a2 for (_, b1), (a2, _) in itertools.pairwise(intervals))
+    seen.clear()
+    assert len(seen) == 0
+    assert seen.intervals == []
 
 
 def test_frame_set_in_order_series_is_one_interval() -> None:

@@ -209,11 +209,23 @@ def roi_sums(spectra: npt.ArrayLike, windows: npt.ArrayLike) -> npt.NDArray[Any]
     if n_windows <= 256:
         # A few windows (the usual case): sum each window's bins directly, ~10x
         # faster on a block of frames than a running sum over every bin.
+        # Summing uint32 counts in uint32 (no cast per element) is another ~5x
+        # faster, and exact when no window sum can reach 2**32: checked from
+        # the largest bin and the widest window, else summed in 64 bits.
+        step = acc
+        if (
+            kind == "u"
+            and s.dtype.itemsize <= 4
+            and s.size
+            and lo.size
+            and int(s.max()) * int((hi - lo).max()) < 2**32
+        ):
+            step = np.uint32
         out_i = np.empty((*s.shape[:-1], lo.shape[-1]), dtype=acc)
         for c in range(channels):
             for r in range(lo.shape[-1]):
                 out_i[..., c, r] = s[..., c, lo[c, r] : hi[c, r]].sum(
-                    axis=-1, dtype=acc
+                    axis=-1, dtype=step
                 )
         return out_i
     # Many windows: differences of a running sum, exact (modulo 2**64,

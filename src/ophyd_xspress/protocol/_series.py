@@ -100,21 +100,22 @@ class FrameSet:
 
     Memory grows with the number of gaps, not of frames: an in-order series of
     a million frames is one interval. Adding the next frame in order is O(1);
-    any other add or lookup is a binary search.
+    any other add or lookup is a binary search; ``len()`` is O(1).
     """
 
-    __slots__ = ("_starts", "_stops")
+    __slots__ = ("_count", "_starts", "_stops")
 
     def __init__(self) -> None:
         self._starts: list[int] = []
         self._stops: list[int] = []
+        self._count = 0
 
     def __contains__(self, frame: int) -> bool:
         i = bisect_right(self._starts, frame) - 1
         return i >= 0 and frame < self._stops[i]
 
     def __len__(self) -> int:
-        return sum(b - a for a, b in zip(self._starts, self._stops, strict=True))
+        return self._count
 
     @property
     def intervals(self) -> list[tuple[int, int]]:
@@ -125,10 +126,12 @@ class FrameSet:
         starts, stops = self._starts, self._stops
         if stops and stops[-1] == frame:  # the next frame in order
             stops[-1] = frame + 1
+            self._count += 1
             return
         i = bisect_right(starts, frame) - 1
         if i >= 0 and frame < stops[i]:
             return
+        self._count += 1
         joins_left = i >= 0 and stops[i] == frame
         joins_right = i + 1 < len(starts) and starts[i + 1] == frame + 1
         if joins_left and joins_right:
@@ -168,6 +171,7 @@ class FrameSet:
     def clear(self) -> None:
         self._starts.clear()
         self._stops.clear()
+        self._count = 0
 
 
 @dataclass
