@@ -259,3 +259,74 @@ def test_passive_fly_scan_drops_repeated_frames_without_shifting_rows(
     summary = xspress.run_summaries[-1]
     assert summary["frames_received"] == 6
     assert summary["repeated"] == [0, 1]
+
+
+def _capture(tmp_path: Path, numbers: list[int]) -> tuple[Path, list[Frame]]:
+    """A one-series capture of simulator frames in the order ``numbers``."""
+    from ophyd_xspress.capture import write_capture
+    from ophyd_xspress.protocol import SeriesEndMessage, StreamEncoder
+    from ophyd_xspress.sim import SimulatedXspress3
+
+    sim = SimulatedXspress3(channels=4, pace=False)
+    encoder = StreamEncoder("multipart")
+    frames = [sim.expected_frame(0, i) for i in range(max(numbers) + 1)]
+    messages = list(encoder.encode(sim.header()))
+    for k in numbers:
+        messages += encoder.encode(frames[k])
+    messages += encoder.encode(SeriesEndMessage())
+    path = tmp_path / "series.cbors"
+    write_capture(path, messages)
+    return path, frames
+
+
+def test_passive_fly_scan_keeps_rows_when_a_frame_is_lost_or_late(
+    RE, docs, passive, fly, tmp_path
+):
+    """Frames 0, 1, 4, 3, 5 of a 6-frame passive fly scan: 2 never arrives, 3
+    is late. Each frame lands in the row of its number; row 2 stays empty; the
+    run fails at series_end naming frame 2, with StreamDatum only for rows
+    0-1 (all that is contiguous on disk)."""
+    from bluesky.utils import FailedStatus
+
+    from ophyd_xspress.transport import StreamIncompleteError
+
+    path, frames = _capture(tmp_path, [0, 1, 4, 3, 5])
+    xspress, replayer = passive(path)
+    with pytest.raises(FailedStatus) as info:
+        RE(fly(xspress, TriggerInfo(number_of_events=6)))
+    replayer.join()
+    assert isinstance(info.value.__cause__, StreamIncompleteError), info.value
+    assert "ended after 5 of 6 frames; missing 2" in str(info.value.__cause__)
+    docs.assert_valid()
+    assert docs["stop"][0]["exit_status"] == "fail"
+    assert max((d["indices"]["stop"] for d in docs["stream_datum"]), default=0) <= 2
+    (h5,) = tmp_path.glob("*.h5")
+    with h5py.File(h5, "r") as f:
+        g = f["/entry/instrument/xspress3"]
+        np.testing.assert_array_equal(g["frame_number"][:], [0, 1, -1, 3, 4, 5])
+        for i in (0, 1, 3, 4, 5):
+            np.testing.assert_array_equal(g["data"][i], frames[i].spectra)
+        assert not g["data"][2].any()
+    summary = xspress.run_summaries[-1]
+    assert summary["missing"] == [2]
+    assert summary["out_of_order"] == [3]
+
+
+def test_passive_count_takes_each_frame_once(RE, docs, passive, tmp_path):
+    """A passive count over 0, 1, 0, 1, 3: the repeats are dropped across the
+    triggers (one run each) and the lost frame 2 is reported by the point
+    that took frame 3."""
+    path, frames = _capture(tmp_path, [0, 1, 0, 1, 3])
+    xspress, replayer = passive(path)
+    RE(count([xspress], 3))
+    replayer.join()
+    docs.assert_valid()
+    events = docs["event"]
+    assert [e["data"]["xspress-frame_number"] for e in events] == [0, 1, 3]
+    for event, k in zip(events, (0, 1, 3), strict=True):
+        np.testing.assert_array_equal(event["data"]["xspress"], frames[k].spectra)
+    last = xspress.run_summaries[-1]
+    assert last["repeated"] == [0, 1]
+    assert last["missing"] == [2]
+    assert xspress.anomalies == {"repeated": 2, "missing": 1}
+    assert events[-1]["data"]["xspress-anomalies"] == 3

@@ -66,8 +66,9 @@ def wait_until(predicate: Any, timeout: float) -> bool:
 
 # -- publisher restart -----------------------------------------------------------------
 def test_publisher_restart_mid_fly_scan(
-    RE, sim, make_xspress, docs, fly, tmp_path, check_file, check_stream_docs
+    RE, sim, make_xspress, docs, fly, tmp_path, check_file, check_stream_docs, caplog
 ):
+    caplog.set_level(logging.WARNING, logger="ophyd_xspress.transport")
     n = 200
     xspress = make_xspress(stall_timeout=1.0)
     series = sim.control.series_index + 1
@@ -98,6 +99,16 @@ def test_publisher_restart_mid_fly_scan(
         assert sim.stream_endpoint in str(failure)
     counts = xspress._rt.receiver.counts
     assert counts["disconnects"] + counts["reconnects"] >= 1, dict(counts)
+    # the log is the user's only report of a restart that lost no frame
+    lines = [
+        r.getMessage() for r in caplog.records if r.name == "ophyd_xspress.transport"
+    ]
+    endpoint = sim.stream_endpoint
+    assert (
+        lines.count(f"{endpoint}: stream disconnected (publisher gone?)")
+        == counts["disconnects"]
+    ), lines
+    assert lines.count(f"{endpoint}: stream reconnected") == counts["reconnects"], lines
     (h5,) = tmp_path.glob("*.h5")
     # every row on disk is its own frame of this one series: nothing shifted
     assert check_file(h5, sim, series) == received

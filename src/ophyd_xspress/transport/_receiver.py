@@ -10,8 +10,16 @@ detector is armed, and a :class:`~ophyd_xspress.protocol.StreamDecoder`. A run
   discarded with a warning; frame ``n`` of the series goes to row
   ``row_offset + n`` of the sink, so a missing, repeated or out-of-order frame
   never shifts data into the wrong row;
-* in *passive* mode (someone else arms) frames of any series are taken in
-  arrival order;
+* in *passive* mode (someone else arms) frames of any series are taken: the
+  first frame a run takes from a series goes to the run's next free row and
+  the later ones of that series to ``row + (frame - first)``, so within a
+  series a missing frame leaves its row empty, a repeated one is dropped and
+  an out-of-order one goes to its own row, as in active mode. A series that
+  ends with a hole in the run's rows fails the run
+  (:class:`StreamIncompleteError`); a frame that would land beyond the run's
+  last row is left for the next run. Which frames of a series were already
+  taken (by any run) is kept by the receiver, so consecutive step-scan
+  triggers neither take a repeated frame twice nor skip a lost one silently;
 * frames outside any series (slow joiner: connected after the header) are never
   attributed, only counted.
 
@@ -118,10 +126,16 @@ class RunTracker:
         self.closed = False
         self._done = threading.Event()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-        self._highest = -1
+        self._highest = -1  # highest row number taken
+        self._highest_frame = -1  # the frame number that went there
         self.backlog_fed = False
-        #: passive runs: the detector frame numbers of the current series
-        self._series_seen = FrameSet()
+        #: passive runs: ``row = frame + offset`` for the current series (None
+        #: until the run takes its first frame of that series), and each
+        #: series' (first row, offset), to name missing rows by frame number
+        self._offset: int | None = None
+        self._segments: list[tuple[int, int]] = []
+        #: passive runs: frames of a series lost before this run's first one
+        self.skipped: list[int] = []
         self._durable: FrameSet | None = getattr(sink, "durable", None)
         if self._durable is not None:
             sink.on_flushed = self._on_sink_flushed  # type: ignore[attr-defined]
@@ -145,11 +159,19 @@ class RunTracker:
         else:
             if self.header is None:
                 self.header = header
-            self._series_seen.clear()  # passive: frame numbers restart
+            self._offset = None  # passive: frame numbers restart
+            self.receiver._passive.restart()
 
     def _on_series_end(self) -> None:
         if self.awaiting_header:
             self.counts["stale_series_end"] += 1
+            return
+        if not self.active:
+            # a hole left among the rows this run took from the series that
+            # ended will never be filled: fail now, as in active mode
+            if self._offset is not None and self.contiguous <= self._highest:
+                self._fail(self.incomplete_error())
+            self._offset = None
             return
         if self.active:
             self.series_ended = True
@@ -157,10 +179,12 @@ class RunTracker:
                 self._fail(self.incomplete_error())
             self._notify()
 
-    def _on_frame(self, frame: Frame) -> None:
+    def _on_frame(self, frame: Frame) -> bool:
+        """Attribute ``frame`` to this run. False: a passive run leaves it for
+        the next run (it belongs after this run's last row)."""
         if self.closed or self.error is not None:
             self.counts["after_close"] += 1
-            return
+            return True
         if self.awaiting_header:
             self.counts["stale"] += 1
             log.warning(
@@ -168,57 +192,96 @@ class RunTracker:
                 self.receiver.endpoint,
                 frame.frame,
             )
-            return
-        if not self.active:
-            # rows by arrival, but a frame number seen before in this series is a
-            # repeat: dropping it keeps the later frames in their rows
-            if frame.frame in self._series_seen:
-                self.counts["repeated"] += 1
-                self.repeated.append(frame.frame)
-                log.warning(
-                    "%s: frame %d received again in this series; keeping the "
-                    "first copy",
-                    self.receiver.endpoint,
-                    frame.frame,
-                )
-                return
-            self._series_seen.add(frame.frame)
-        number = frame.frame if self.active else self._next_passive()
+            return True
+        if self.active:
+            number = frame.frame
+        else:
+            row = self._passive_row(frame.frame)
+            if row is None:
+                return True
+            if self.expected is not None and row >= self.expected:
+                return False  # the next run's (this one still misses a frame)
+            number = row
+            self.receiver._passive.take(frame.frame)
         if number in self.received:
             self.counts["repeated"] += 1
-            self.repeated.append(number)
+            self.repeated.append(frame.frame)
             log.warning(
                 "%s: frame %d received again; keeping the first copy",
                 self.receiver.endpoint,
-                number,
+                frame.frame,
             )
-            return
+            return True
         if self.expected is not None and number >= self.expected:
             self.counts["unexpected"] += 1
             log.warning(
                 "%s: frame %d is beyond the %d frames this run expects; not written",
                 self.receiver.endpoint,
-                number,
+                frame.frame,
                 self.expected,
             )
-            return
+            return True
         if number < self._highest:
             self.counts["out_of_order"] += 1
-            self.out_of_order.append(number)
+            self.out_of_order.append(frame.frame)
             log.warning(
                 "%s: frame %d arrived after frame %d; written to its own row",
                 self.receiver.endpoint,
-                number,
-                self._highest,
+                frame.frame,
+                self._highest_frame,
             )
-        self._highest = max(self._highest, number)
+        else:
+            self._highest, self._highest_frame = number, frame.frame
         self.sink.put(self.row_offset + number, frame)
         self.received.add(number)
         self.last_frame_time = time.monotonic()
         self.contiguous = self.received.prefix()
+        return True
 
-    def _next_passive(self) -> int:
-        return len(self.received)
+    def _passive_row(self, frame: int) -> int | None:
+        """The row of a passive run for detector frame ``frame``, or None when
+        the frame is dropped (a repeat, or older than the run's first frame
+        of this series), counted and logged."""
+        series = self.receiver._passive
+        if frame in series.taken:
+            self.counts["repeated"] += 1
+            self.repeated.append(frame)
+            log.warning(
+                "%s: frame %d received again in this series; keeping the first copy",
+                self.receiver.endpoint,
+                frame,
+            )
+            return None
+        if self._offset is None:
+            # the run's first frame of this series: its next free row
+            if series.highest >= 0 and frame > series.highest + 1:
+                lost = list(range(series.highest + 1, frame))
+                self.counts["missing"] += len(lost)
+                self.skipped += lost
+                log.warning(
+                    "%s: frame(s) %s of this series never arrived (frame %d "
+                    "followed frame %d)",
+                    self.receiver.endpoint,
+                    format_ranges(lost),
+                    frame,
+                    series.highest,
+                )
+            first_row = self._highest + 1
+            self._offset = first_row - frame
+            self._segments.append((first_row, self._offset))
+        row = frame + self._offset
+        if row < self._segments[-1][0]:
+            self.counts["before_run"] += 1
+            self.out_of_order.append(frame)
+            log.warning(
+                "%s: frame %d arrived after frame %d, which began this run's "
+                "part of the series; not written",
+                self.receiver.endpoint,
+                frame,
+                self._segments[-1][0] - self._offset,
+            )
+            return None
+        return row
 
     @property
     def stored(self) -> int:
@@ -270,8 +333,21 @@ class RunTracker:
 
     @property
     def missing(self) -> list[int]:
+        """Frame numbers that never arrived (for a passive run: of the series
+        it took frames from, including any lost just before its first one)."""
         top = self.expected if self.expected is not None else self._highest + 1
-        return self.received.gaps(top)
+        rows = self.received.gaps(top)
+        if self.active:
+            return rows
+        frames = list(self.skipped)
+        for row in rows:
+            if row > self._highest:
+                break  # after the last frame taken: no frame number to give
+            offset = next(
+                (off for first, off in reversed(self._segments) if first <= row), 0
+            )
+            frames.append(row - offset)
+        return frames
 
     def _expected_text(self) -> str:
         return str(self.expected) if self.expected is not None else "?"
@@ -280,7 +356,9 @@ class RunTracker:
         return {
             "frames_expected": self.expected,
             "frames_received": len(self.received),
-            "missing": self.missing if self.expected is not None else [],
+            "missing": self.missing
+            if self.expected is not None or not self.active
+            else [],
             "repeated": sorted(self.repeated),
             "out_of_order": sorted(self.out_of_order),
             "stale_discarded": self.counts["stale"],
@@ -376,6 +454,25 @@ SMALL_PART: Final = 8192
 DEFAULT_RCVHWM: Final = 4096
 
 
+class _PassiveSeries:
+    """The frames of the current series that passive runs have taken."""
+
+    __slots__ = ("highest", "taken")
+
+    def __init__(self) -> None:
+        self.taken = FrameSet()
+        self.highest = -1
+
+    def take(self, frame: int) -> None:
+        self.taken.add(frame)
+        if frame > self.highest:
+            self.highest = frame
+
+    def restart(self) -> None:
+        self.taken.clear()
+        self.highest = -1
+
+
 class _NullSink:
     def put(self, row: int, frame: Frame) -> None:
         return None
@@ -420,7 +517,11 @@ class StreamReceiver:
         self._run: RunTracker | None = None
         self.last_header: HeaderMessage | None = None
         self.backlog_limit = backlog
-        self._backlog: deque[Frame] = deque()
+        #: frames no run took yet (and the headers and series ends between
+        #: them), for the next passive run
+        self._backlog: deque[Frame | HeaderMessage | SeriesEndMessage] = deque()
+        self._backlog_frames = 0
+        self._passive = _PassiveSeries()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -441,6 +542,8 @@ class StreamReceiver:
             return
         # frames left from an interrupted acquisition must not reach the next
         self._backlog.clear()
+        self._backlog_frames = 0
+        self._passive.restart()
         self._stop.clear()
         self._connected.clear()
         self._socket_ready.clear()
@@ -552,11 +655,17 @@ class StreamReceiver:
                 self.counts["disconnects"] += 1
                 log.warning("%s: stream disconnected (publisher gone?)", self.endpoint)
 
-    def _keep(self, frame: Frame) -> None:
-        """A frame no run wants yet: keep it for the next passive run."""
-        self._backlog.append(frame)
-        if len(self._backlog) > self.backlog_limit:
-            self._backlog.popleft()
+    def _keep(self, packet: Frame | HeaderMessage | SeriesEndMessage) -> None:
+        """A frame no run wants yet (or a header or series end between such
+        frames): keep it for the next passive run."""
+        self._backlog.append(packet)
+        if isinstance(packet, Frame):
+            self._backlog_frames += 1
+        while self._backlog_frames > self.backlog_limit:
+            dropped = self._backlog.popleft()
+            if not isinstance(dropped, Frame):
+                continue
+            self._backlog_frames -= 1
             self.counts["backlog_dropped"] += 1
             if self.counts["backlog_dropped"] == 1:
                 log.warning(
@@ -567,20 +676,32 @@ class StreamReceiver:
                 )
 
     def _feed_backlog(self, run: RunTracker) -> None:
+        items = list(self._backlog)
+        self._backlog.clear()
+        self._backlog_frames = 0
         if run.active:
-            if self._backlog:
-                run.counts["stale"] += len(self._backlog)
+            stale = sum(isinstance(item, Frame) for item in items)
+            if stale:
+                run.counts["stale"] += stale
                 log.warning(
                     "%s: discarded %d frame(s) received before the run started",
                     self.endpoint,
-                    len(self._backlog),
+                    stale,
                 )
-            self._backlog.clear()
             return
         if run.header is None:
             run.header = self.last_header
-        while self._backlog and not run.done:
-            run._on_frame(self._backlog.popleft())
+        for i, item in enumerate(items):
+            if run.done:
+                for rest in items[i:]:
+                    self._keep(rest)
+                return
+            if isinstance(item, HeaderMessage):
+                run._on_header(item)
+            elif isinstance(item, SeriesEndMessage):
+                run._on_series_end()
+            elif not run._on_frame(item):
+                self._keep(item)
 
     def _drain(self, sock: zmq.Socket[bytes] | None) -> None:
         with self._lock:
@@ -621,20 +742,35 @@ class StreamReceiver:
                 del self.errors[:-100]
                 log.warning("%s: %s", self.endpoint, exc)
                 continue
+            except Exception as exc:  # a decoder bug must not end this thread
+                self.counts["internal_error"] += 1
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                del self.errors[:-100]
+                log.exception(
+                    "%s: message %d could not be decoded (internal error, please "
+                    "report it); the message is skipped",
+                    self.endpoint,
+                    self.messages,
+                )
+                continue
             for packet in packets:
                 if isinstance(packet, Frame):
                     if run is not None and (run.active or not run.done):
-                        run._on_frame(packet)
+                        if not run._on_frame(packet):
+                            self._keep(packet)
                     else:
                         self._keep(packet)
                 elif isinstance(packet, HeaderMessage):
                     self.last_header = packet
-                    if run is not None:
+                    if run is not None and (run.active or not run.done):
                         run._on_header(packet)
-                elif run is None:
-                    continue
+                    else:
+                        self._keep(packet)
                 elif isinstance(packet, SeriesEndMessage):
-                    run._on_series_end()
+                    if run is not None and (run.active or not run.done):
+                        run._on_series_end()
+                    else:
+                        self._keep(packet)
         if run is not None:
             try:
                 run._after_batch()
