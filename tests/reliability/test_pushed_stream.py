@@ -12,6 +12,7 @@ detector is kicked off, so the run has begun and is waiting for its header.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -33,7 +34,11 @@ from ophyd_xspress.protocol import (
     SeriesEndMessage,
     StreamEncoder,
 )
-from ophyd_xspress.transport import StreamConnectError, StreamStalledError
+from ophyd_xspress.transport import (
+    StreamConnectError,
+    StreamIncompleteError,
+    StreamStalledError,
+)
 
 GROUP = "/entry/instrument/xspress3"
 HINT = (
@@ -386,3 +391,81 @@ def test_frame_beyond_the_run_is_logged_and_not_written(
         np.testing.assert_array_equal(g["frame_number"][:], np.arange(n))
         for i, frame in enumerate(sent):
             np.testing.assert_array_equal(g["data"][i], frame.spectra)
+
+
+# -- row 2 at device level: damaged frames inside a run ------------------------------
+def _damaged(encoder: StreamEncoder, frame: Frame, how: str) -> list[list[bytes]]:
+    (message,) = encoder.encode_frame(frame)
+    head, data, meta = (bytes(p) for p in message)
+    if how == "truncated":
+        return [[head, data[:-4], meta]]
+    info = json.loads(head)
+    if how == "compressed":
+        info["compression"] = "bslz4"
+    elif how == "float16":
+        info["type"] = "float16"
+    return [[json.dumps(info).encode(), data, meta]]
+
+
+def test_damaged_frames_are_reported_and_the_series_goes_on(
+    RE, sim, pushed, docs, fly, tmp_path, caplog
+):
+    """Frames 0-9 of an active fly scan where 4 has a truncated buffer, 5 an
+    unknown compression and 6 an unsupported dtype: each is a warning naming
+    expected vs got, the receiver keeps going, the other frames are written
+    bit for bit, rows 4-6 stay empty and the run fails at series_end naming
+    them (StreamIncompleteError)."""
+    caplog.set_level(logging.WARNING, logger="ophyd_xspress.transport")
+    n = 10
+    xspress, push = pushed(stall_timeout=5.0)
+    encoder = StreamEncoder("multipart")
+    sent: list[Frame] = []
+
+    def send() -> None:
+        frames = frames_of(sim, 1000, range(n))
+        sent.extend(frames)
+        messages = encode(encoder, sim.control.header(), *frames[:4])
+        messages += _damaged(encoder, frames[4], "truncated")
+        messages += _damaged(encoder, frames[5], "compressed")
+        messages += _damaged(encoder, frames[6], "float16")
+        messages += encode(encoder, *frames[7:], SeriesEndMessage())
+        push.send(messages)
+
+    with pytest.raises(Exception) as info:  # noqa: PT011 - checked below
+        RE(
+            fly(
+                xspress,
+                TriggerInfo(number_of_events=n, livetime=0.01),
+                after_kickoff=send,
+            )
+        )
+    error = find_in_chain(info.value, StreamIncompleteError)
+    assert f"ended after 7 of {n} frames; missing 4-6" in str(error), str(error)
+    docs.assert_valid()
+    assert docs["stop"][0]["exit_status"] == "fail"
+    receiver = xspress._rt.receiver
+    assert receiver.counts["protocol_error"] == 3, dict(receiver.counts)
+    ep = push.endpoint
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "ophyd_xspress.transport" and r.levelno == logging.WARNING
+    ]
+    assert warnings == [
+        f"{ep}: frame 4: spectra buffer is 65532 bytes, expected 65536 "
+        "(shape [4, 4096] x uint32)",
+        f"{ep}: frame 5: compression 'bslz4' is not supported (expected 'none')",
+        f"{ep}: frame 6: spectra type 'float16' is not supported (expected one of "
+        "float32, float64, int16, int32, int64, int8, uint16, uint32, uint64, uint8)",
+    ], warnings
+    summary = xspress.run_summaries[-1]
+    assert summary["missing"] == [4, 5, 6], summary
+    with h5py.File(only_h5(tmp_path), "r") as f:
+        g = f[GROUP]
+        np.testing.assert_array_equal(
+            g["frame_number"][:], [0, 1, 2, 3, -1, -1, -1, 7, 8, 9]
+        )
+        for i in (0, 1, 2, 3, 7, 8, 9):
+            np.testing.assert_array_equal(g["data"][i], sent[i].spectra)
+            np.testing.assert_array_equal(g["all_good"][i], sent[i]["all_good"])
+        assert not g["data"][4:7].any()
