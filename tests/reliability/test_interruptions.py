@@ -512,3 +512,45 @@ def test_pause_mid_step_then_resume_reads_every_frame(RE, sim, make_xspress, doc
         )
     assert sim.control.series_index == first + 2
     assert _receiver_threads() == []
+
+
+def test_stream_stall_during_a_pause_fails_the_run_on_resume(
+    RE, sim, make_xspress, docs, fly, tmp_path, check_file, check_stream_docs, caplog
+):
+    """Paused mid fly scan (the acquisition goes on), the stream stalls after
+    frame 300 and the stall time-out passes while paused: resume() ends the
+    run as failed with the stall's facts, not as a success with frames
+    missing; every frame that arrived is on disk, StreamDatum covers only
+    rows on disk, and the detector works afterwards."""
+    from bluesky.utils import FailedStatus
+
+    from ophyd_xspress.transport import StreamStalledError
+
+    caplog.set_level(logging.INFO, logger="ophyd_xspress.device")
+    xspress = make_xspress(stall_timeout=STALL)
+    series = sim.control.series_index + 1
+    sim.faults.stall_after = 300
+    thread = _later(DELAY, lambda: RE.request_pause(defer=False))
+    with pytest.raises(RunEngineInterrupted):
+        RE(fly(xspress, TriggerInfo(number_of_events=N, livetime=LIVETIME)))
+    thread.join(10)
+    assert not thread.errors  # type: ignore[attr-defined]
+    assert RE.state == "paused"
+    assert len(_log_lines(caplog, PAUSED)) == 1
+    time.sleep(STALL + 1.5)  # the stall time-out passes during the pause
+    with pytest.raises(FailedStatus) as info:
+        RE.resume()
+    stalled = info.value.__cause__
+    assert isinstance(stalled, StreamStalledError), info.value
+    assert f"received 301 of {N} frames; missing 301-{N - 1}" in str(stalled)
+    assert sim.stream_endpoint in str(stalled)
+    sim.faults.release()
+    docs.assert_valid()
+    (stop,) = docs["stop"]
+    assert stop["exit_status"] == "fail", stop
+    (h5,) = tmp_path.glob("*.h5")
+    assert check_file(h5, sim, series) == 301
+    assert check_stream_docs(docs, sim, series) <= 301
+    assert sim.control.wait_idle(5), "the acquisition was not stopped"
+    assert _receiver_threads() == []
+    _assert_next_scans_work(RE, sim, xspress, docs, fly, check_stream_docs)
