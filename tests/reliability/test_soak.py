@@ -10,7 +10,7 @@ The 1M-frame test is marked ``slow`` and skipped unless ``XSPRESS_SLOW=1``; it
 writes about 17 GB (deleted afterwards) and skips when the disk has less than
 three times that free::
 
-    cd /work/main && XSPRESS_SLOW=1 python -m pytest tests/reliability/test_soak.py \\
+    XSPRESS_SLOW=1 python -m pytest tests/reliability/test_soak.py \\
         -m slow -q -p no:cacheprovider -s
 
 (``XSPRESS_SOAK_FRAMES=N`` changes the frame count, for a shorter try.)
