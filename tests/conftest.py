@@ -26,6 +26,8 @@ and an :class:`~ophyd_xspress.device.XspressDetector` connected to both.
   :class:`~ophyd_xspress.protocol.StreamDecoder` on its own socket.
 * ``fly``: the fly-scan plan factory :func:`fly_scan` (stage, run, prepare,
   declare_stream, kickoff, collect while completing; unstage even on failure).
+* ``push_stream()``: a PUSH socket bound on loopback (``.endpoint``,
+  ``.send(messages)``), for streams written by hand; closed at teardown.
 * ``shared_data``: the folder with the real captures (``$XSPRESS_SHARED_DATA`` or
   ``../shared/data/xspress3`` next to the checkout); tests skip when it is absent.
 """
@@ -319,6 +321,43 @@ def stream_tap() -> Iterator[Callable[[str], StreamTap]]:
 
 
 # -- real captures ---------------------------------------------------------------------
+class PushStream:
+    """A PUSH socket bound on loopback, for tests that write a stream by hand
+    (``send`` blocks at most 10 s per message)."""
+
+    def __init__(self) -> None:
+        import zmq
+
+        self.ctx: Any = zmq.Context()
+        self.sock = self.ctx.socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDTIMEO, 10_000)
+        self.sock.bind("tcp://127.0.0.1:0")
+        self.endpoint: str = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+    def send(self, messages: list[list[Any]]) -> None:
+        for message in messages:
+            self.sock.send_multipart(message)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def push_stream() -> Iterator[Callable[[], PushStream]]:
+    """``push_stream()``: a new :class:`PushStream`, closed at teardown."""
+    made: list[PushStream] = []
+
+    def make() -> PushStream:
+        made.append(PushStream())
+        return made[-1]
+
+    yield make
+    for push in made:
+        push.close()
+
+
 @pytest.fixture
 def shared_data() -> Path:
     env = os.environ.get("XSPRESS_SHARED_DATA")

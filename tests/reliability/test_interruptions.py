@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -146,27 +147,42 @@ def _assert_next_scans_work(
     assert _receiver_threads() == []
 
 
+@dataclass
+class Env:
+    """What an interrupted fly scan needs: the fixtures of ``env``."""
+
+    RE: Any
+    sim: Any
+    make_xspress: Any
+    docs: Any
+    fly: Any
+    tmp_path: Path
+    check_stream_docs: Any
+    check_file: Any
+    in_loop: Any
+    caplog: Any
+
+
+@pytest.fixture
+def env(request: pytest.FixtureRequest) -> Env:
+    return Env(**{f.name: request.getfixturevalue(f.name) for f in fields(Env)})
+
+
 def _run(
-    RE: Any,
-    sim: Any,
-    make_xspress: Any,
-    docs: Any,
-    fly: Any,
-    tmp_path: Path,
-    check_stream_docs: Any,
-    check_file: Any,
-    in_loop: Any,
+    env: Env,
     interrupt: Callable[[Any], Any],
     after_interrupted: Callable[[Any], Any] | None,
     *,
     exit_status: str,
-    caplog: Any,
 ) -> tuple[Any, int, int]:
+    RE, sim, docs, fly, tmp_path = env.RE, env.sim, env.docs, env.fly, env.tmp_path  # noqa: N806
+    make_xspress, caplog = env.make_xspress, env.caplog
+    check_stream_docs, check_file = env.check_stream_docs, env.check_file
     caplog.set_level(logging.INFO, logger="ophyd_xspress.device")
     xspress = make_xspress(stall_timeout=STALL)
     # warm-up (the scans run after the interruption): pytango's client threads
     # and event channel, ZeroMQ's context, caches; then the descriptor baseline
-    _assert_next_scans_work(RE, sim, xspress, docs, fly, check_stream_docs)
+    _assert_next_scans_work(RE, sim, xspress, docs, fly, env.check_stream_docs)
     docs.clear()
     fds_before = psutil.Process().num_fds()
     warm_files = set(tmp_path.glob("*.h5"))
@@ -205,27 +221,16 @@ def _run(
     else:
         check_file(files[0], sim, series)
         check_file(files[1], sim, sim.control.series_index)
-    _assert_next_scans_work(RE, sim, xspress, docs, fly, check_stream_docs)
+    _assert_next_scans_work(RE, sim, xspress, docs, fly, env.check_stream_docs)
     # no status of the interrupted run may outlive the test's event loop
-    assert wait_detector_tasks_gone(in_loop, STALL + 5) == []
+    assert wait_detector_tasks_gone(env.in_loop, STALL + 5) == []
     fds = _wait_fds_back(fds_before, 5.0)
     assert fds <= fds_before, f"file descriptors: {fds_before} before, {fds} after"
     print("outcome:", type(outcome).__name__, str(outcome)[:2000])
     return outcome, on_disk, covered
 
 
-def test_pause_then_resume(
-    RE,
-    sim,
-    make_xspress,
-    docs,
-    fly,
-    tmp_path,
-    check_stream_docs,
-    check_file,
-    in_loop,
-    caplog,
-):
+def test_pause_then_resume(env: Env) -> None:
     """request_pause() mid fly scan, then resume(): the run ends (completed or
     cleanly ended) and the detector works afterwards."""
 
@@ -234,19 +239,10 @@ def test_pause_then_resume(
         return RE.resume()
 
     outcome, on_disk, covered = _run(
-        RE,
-        sim,
-        make_xspress,
-        docs,
-        fly,
-        tmp_path,
-        check_stream_docs,
-        check_file,
-        in_loop,
+        env,
         lambda RE: RE.request_pause(),
         resume,
         exit_status="success",
-        caplog=caplog,
     )
     # The detector refuses the replay while acquiring (pause() raises
     # NoReplayAllowed): frames keep being written during the pause and the
@@ -254,118 +250,54 @@ def test_pause_then_resume(
     assert not isinstance(outcome, BaseException), outcome
     assert outcome.exit_status == "success", outcome
     assert on_disk == covered == N
-    (paused,) = _log_lines(caplog, PAUSED)
+    (paused,) = _log_lines(env.caplog, PAUSED)
     assert paused.endswith(
         f" of {N} frames so far): the acquisition continues; resume waits for "
         "the rest, abort or stop ends it"
     ), paused
-    assert _log_lines(caplog, RESUMING) == [RESUMING]
-    assert _log_lines(caplog, ENDED) == []
+    assert _log_lines(env.caplog, RESUMING) == [RESUMING]
+    assert _log_lines(env.caplog, ENDED) == []
 
 
-def test_immediate_pause_then_abort(
-    RE,
-    sim,
-    make_xspress,
-    docs,
-    fly,
-    tmp_path,
-    check_stream_docs,
-    check_file,
-    in_loop,
-    caplog,
-):
+def test_immediate_pause_then_abort(env: Env) -> None:
     _run(
-        RE,
-        sim,
-        make_xspress,
-        docs,
-        fly,
-        tmp_path,
-        check_stream_docs,
-        check_file,
-        in_loop,
+        env,
         lambda RE: RE.request_pause(defer=False),
         lambda RE: RE.abort("interrupted by the test"),
         exit_status="abort",
-        caplog=caplog,
     )
-    assert len(_log_lines(caplog, PAUSED)) == 1
-    _assert_ended_line(caplog)
+    assert len(_log_lines(env.caplog, PAUSED)) == 1
+    _assert_ended_line(env.caplog)
 
 
 def _assert_ended_line(caplog: Any) -> None:
-    """The complete() status that was still waiting at unstage says how far the
-    run got. When the RunEngine cancels that status itself first (it may, on
-    abort, depending on where the plan was), there is nothing to end: no line."""
-    lines = _log_lines(caplog, ENDED)
-    assert len(lines) <= 1, lines
-    for ended in lines:
-        done = int(ended[len(ENDED) :].split(" ")[0])
-        assert 0 < done < N, ended
-        assert ended == f"{ENDED}{done} of {N} frames", ended
+    """The complete() status still waiting at unstage says how far the run got."""
+    (ended,) = _log_lines(caplog, ENDED)
+    done = int(ended[len(ENDED) :].split(" ")[0])
+    assert 0 < done < N, ended
+    assert ended == f"{ENDED}{done} of {N} frames", ended
 
 
-def test_abort_from_another_thread(
-    RE,
-    sim,
-    make_xspress,
-    docs,
-    fly,
-    tmp_path,
-    check_stream_docs,
-    check_file,
-    in_loop,
-    caplog,
-):
+def test_abort_from_another_thread(env: Env) -> None:
     _run(
-        RE,
-        sim,
-        make_xspress,
-        docs,
-        fly,
-        tmp_path,
-        check_stream_docs,
-        check_file,
-        in_loop,
+        env,
         lambda RE: RE.abort("KeyboardInterrupt"),
         None,
         exit_status="abort",
-        caplog=caplog,
     )
-    assert _log_lines(caplog, PAUSED) == []
-    _assert_ended_line(caplog)
+    assert _log_lines(env.caplog, PAUSED) == []
+    _assert_ended_line(env.caplog)
 
 
-def test_stop_from_another_thread(
-    RE,
-    sim,
-    make_xspress,
-    docs,
-    fly,
-    tmp_path,
-    check_stream_docs,
-    check_file,
-    in_loop,
-    caplog,
-):
+def test_stop_from_another_thread(env: Env) -> None:
     _run(
-        RE,
-        sim,
-        make_xspress,
-        docs,
-        fly,
-        tmp_path,
-        check_stream_docs,
-        check_file,
-        in_loop,
+        env,
         lambda RE: RE.stop(),
         None,
         exit_status="success",
-        caplog=caplog,
     )
-    assert _log_lines(caplog, PAUSED) == []
-    _assert_ended_line(caplog)
+    assert _log_lines(env.caplog, PAUSED) == []
+    _assert_ended_line(env.caplog)
 
 
 def _catch_stray_sigint() -> tuple[list[int], Any]:
@@ -378,18 +310,7 @@ def _catch_stray_sigint() -> tuple[list[int], Any]:
     return stray, previous
 
 
-def test_double_sigint_then_abort(
-    RE,
-    sim,
-    make_xspress,
-    docs,
-    fly,
-    tmp_path,
-    check_stream_docs,
-    check_file,
-    in_loop,
-    caplog,
-):
+def test_double_sigint_then_abort(env: Env) -> None:
     """Ctrl-C twice (a real SIGINT to this process): the RunEngine pauses at
     once; the user then aborts."""
     stray, previous = _catch_stray_sigint()
@@ -407,66 +328,37 @@ def test_double_sigint_then_abort(
 
     try:
         _run(
-            RE,
-            sim,
-            make_xspress,
-            docs,
-            fly,
-            tmp_path,
-            check_stream_docs,
-            check_file,
-            in_loop,
+            env,
             ctrl_c_twice,
             lambda RE: RE.abort("KeyboardInterrupt"),
             exit_status="abort",
-            caplog=caplog,
         )
     finally:
         signal.signal(signal.SIGINT, previous)
     assert stray == [], "SIGINT arrived outside the run (not handled by RunEngine)"
-    assert len(_log_lines(caplog, PAUSED)) == 1
-    _assert_ended_line(caplog)
+    assert len(_log_lines(env.caplog, PAUSED)) == 1
+    _assert_ended_line(env.caplog)
 
 
-def test_single_sigint_is_a_deferred_pause_the_fly_scan_completes(
-    RE,
-    sim,
-    make_xspress,
-    docs,
-    fly,
-    tmp_path,
-    check_stream_docs,
-    check_file,
-    in_loop,
-    caplog,
-):
+def test_single_sigint_is_a_deferred_pause_the_fly_scan_completes(env: Env) -> None:
     """Ctrl-C once: bluesky asks for a pause at the next checkpoint. The fly
     plan has none after kickoff, so the scan runs to its end: every frame on
     disk and covered by StreamDatum, the detector never paused."""
     stray, previous = _catch_stray_sigint()
     try:
         outcome, on_disk, covered = _run(
-            RE,
-            sim,
-            make_xspress,
-            docs,
-            fly,
-            tmp_path,
-            check_stream_docs,
-            check_file,
-            in_loop,
+            env,
             lambda RE: os.kill(os.getpid(), signal.SIGINT),
             None,
             exit_status="success",
-            caplog=caplog,
         )
     finally:
         signal.signal(signal.SIGINT, previous)
     assert stray == [], "SIGINT arrived outside the run (not handled by RunEngine)"
     assert not isinstance(outcome, BaseException), outcome
     assert on_disk == covered == N
-    assert _log_lines(caplog, PAUSED) == []
-    assert _log_lines(caplog, ENDED) == []
+    assert _log_lines(env.caplog, PAUSED) == []
+    assert _log_lines(env.caplog, ENDED) == []
 
 
 def test_aborted_fly_scan_leaves_no_detector_task_running(
@@ -514,9 +406,7 @@ def test_pause_mid_step_then_resume_reads_every_frame(RE, sim, make_xspress, doc
     assert _receiver_threads() == []
 
 
-def test_stream_stall_during_a_pause_fails_the_run_on_resume(
-    RE, sim, make_xspress, docs, fly, tmp_path, check_file, check_stream_docs, caplog
-):
+def test_stream_stall_during_a_pause_fails_the_run_on_resume(env: Env) -> None:
     """Paused mid fly scan (the acquisition goes on), the stream stalls after
     frame 300 and the stall time-out passes while paused: resume() ends the
     run as failed with the stall's facts, not as a success with frames
@@ -526,8 +416,9 @@ def test_stream_stall_during_a_pause_fails_the_run_on_resume(
 
     from ophyd_xspress.transport import StreamStalledError
 
+    RE, sim, docs, fly, caplog = env.RE, env.sim, env.docs, env.fly, env.caplog  # noqa: N806
     caplog.set_level(logging.INFO, logger="ophyd_xspress.device")
-    xspress = make_xspress(stall_timeout=STALL)
+    xspress = env.make_xspress(stall_timeout=STALL)
     series = sim.control.series_index + 1
     sim.faults.stall_after = 300
     thread = _later(DELAY, lambda: RE.request_pause(defer=False))
@@ -548,9 +439,9 @@ def test_stream_stall_during_a_pause_fails_the_run_on_resume(
     docs.assert_valid()
     (stop,) = docs["stop"]
     assert stop["exit_status"] == "fail", stop
-    (h5,) = tmp_path.glob("*.h5")
-    assert check_file(h5, sim, series) == 301
-    assert check_stream_docs(docs, sim, series) <= 301
+    (h5,) = env.tmp_path.glob("*.h5")
+    assert env.check_file(h5, sim, series) == 301
+    assert env.check_stream_docs(docs, sim, series) <= 301
     assert sim.control.wait_idle(5), "the acquisition was not stopped"
     assert _receiver_threads() == []
-    _assert_next_scans_work(RE, sim, xspress, docs, fly, check_stream_docs)
+    _assert_next_scans_work(RE, sim, xspress, docs, fly, env.check_stream_docs)

@@ -24,7 +24,6 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-import zmq
 from ophyd_async.core import TriggerInfo, init_devices
 
 from ophyd_xspress.device import XspressDetector
@@ -80,36 +79,20 @@ def receiver_threads() -> list[threading.Thread]:
     ]
 
 
-class PushStream:
-    """A bound PUSH socket on loopback; ``send`` blocks at most 10 s per message."""
-
-    def __init__(self) -> None:
-        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.sock = self.ctx.socket(zmq.PUSH)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDTIMEO, 10_000)
-        self.sock.bind("tcp://127.0.0.1:0")
-        self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
-
-    def send(self, messages: list[list[Any]]) -> None:
-        for message in messages:
-            self.sock.send_multipart(message)
-
-    def close(self) -> None:
-        self.sock.close(linger=0)
-        self.ctx.term()
-
-
 @pytest.fixture
 def pushed(
-    RE: Any, in_loop: Callable[..., Any], sim: Any, tmp_path: Path
-) -> Iterator[Callable[..., tuple[XspressDetector, PushStream]]]:
+    RE: Any,
+    in_loop: Callable[..., Any],
+    sim: Any,
+    tmp_path: Path,
+    push_stream: Callable[[], Any],
+) -> Iterator[Callable[..., tuple[XspressDetector, Any]]]:
     """``pushed(**options)``: an active detector (Tango of ``sim``) whose stream
-    is a PULL connected to a fresh :class:`PushStream`."""
-    made: list[tuple[XspressDetector, PushStream]] = []
+    is a PULL connected to a fresh ``push_stream()``."""
+    made: list[XspressDetector] = []
 
-    def make(**options: Any) -> tuple[XspressDetector, PushStream]:
-        push = PushStream()
+    def make(**options: Any) -> tuple[XspressDetector, Any]:
+        push = push_stream()
         with init_devices():
             det = XspressDetector(
                 stream=push.endpoint,
@@ -119,13 +102,12 @@ def pushed(
                 path=tmp_path,
                 **options,
             )
-        made.append((det, push))
+        made.append(det)
         return det, push
 
     yield make
-    for det, push in made:
+    for det in made:
         in_loop(det.unstage, timeout=60)
-        push.close()
 
 
 def frames_of(sim: Any, series: int, numbers: range | list[int]) -> list[Frame]:

@@ -5,10 +5,10 @@ and a started :class:`StreamReceiver` (PULL) connected to it, with
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
-import zmq
 
 from ophyd_xspress.protocol import Frame, SeriesEndMessage, StreamEncoder
 from ophyd_xspress.sim import SimulatedXspress3
@@ -32,14 +32,9 @@ class RecordingSink:
 class Stream:
     """A PUSH socket and a started PULL receiver connected to it."""
 
-    def __init__(self) -> None:
-        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.push = self.ctx.socket(zmq.PUSH)
-        self.push.setsockopt(zmq.LINGER, 0)
-        self.push.setsockopt(zmq.SNDTIMEO, 10_000)
-        self.push.bind("tcp://127.0.0.1:0")
-        endpoint = self.push.getsockopt(zmq.LAST_ENDPOINT).decode()
-        self.rx = StreamReceiver(endpoint, "pull")
+    def __init__(self, push: Any) -> None:
+        self.push = push
+        self.rx = StreamReceiver(push.endpoint, "pull")
         self.rx.start(connect_timeout=5.0)
         self.sim = SimulatedXspress3(channels=2, pace=False)
         self.encoder = StreamEncoder("multipart")
@@ -57,21 +52,18 @@ class Stream:
             messages += self.encoder.encode(self.frame(self.series, n))
         if end:
             messages += self.encoder.encode(SeriesEndMessage())
-        for m in messages:
-            self.push.send_multipart(m)
+        self.push.send(messages)
         return self.series
 
     def close(self) -> None:
         self.rx.stop()
-        self.push.close(linger=0)
-        self.ctx.term()
 
     def sink(self) -> RecordingSink:
         return RecordingSink()
 
 
 @pytest.fixture
-def stream() -> Iterator[Stream]:
-    s = Stream()
+def stream(push_stream: Callable[[], Any]) -> Iterator[Stream]:
+    s = Stream(push_stream())
     yield s
     s.close()
