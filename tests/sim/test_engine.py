@@ -8,6 +8,8 @@ PUB publisher the real device uses), decoding it with the protocol core.
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from typing import Any
 
@@ -811,6 +813,54 @@ def test_fault_after_default_status_string(engine: Any) -> None:
     assert "circular buffer overrun" in det.status
     det.clear_fault()
     assert det.state is DevState.STANDBY
+
+
+def test_arm_right_after_a_fault_is_not_undone_by_the_old_series(
+    engine: Any,
+) -> None:
+    """Regression: a client that sees FAULT and at once clears it and Arms
+    again (Tango ``Init`` + ``Arm``) had its new RUNNING state and idle flag
+    reset by the faulted series' clean-up, which the worker thread runs just
+    after setting FAULT; the next SoftwareTrigger was refused in STANDBY. A
+    log handler that lingers on the worker's FAULT line holds the worker in
+    exactly that gap, so the interleaving happens every time."""
+    det, _ = engine(channels=1)
+    det.n_triggers, det.n_frames_per_trigger = 1, 1
+    in_gap = threading.Event()
+
+    class Linger(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("simulator FAULT"):
+                in_gap.set()
+                time.sleep(0.3)
+
+    handler = Linger()
+    sim_log = logging.getLogger("ophyd_xspress.sim")
+    sim_log.addHandler(handler)
+    try:
+        det.faults.fault_after = 0
+        det.faults.drop_frames = {5}  # a plan meant for the next series
+        det.arm()
+        det.software_trigger()
+        assert in_gap.wait(5)
+        assert det.state is DevState.FAULT
+        det.clear_fault()
+        det.faults.fault_after = None
+        det.faults.drop_frames = {7}  # set for the new series, before its Arm
+        det.arm()
+        time.sleep(0.5)  # the old series' clean-up has run by now
+        assert det.state is DevState.RUNNING, det.status
+        assert not det.wait_idle(0), "idle flag set by the old series"
+        assert det.faults.drop_frames == {7}, "the new series' plan was cleared"
+        deadline = time.monotonic() + 5
+        while not det.ready_for_sw_trigger:
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.001)
+        det.software_trigger()
+        assert det.wait_idle(5)
+        assert det.state is DevState.STANDBY, det.status
+    finally:
+        sim_log.removeHandler(handler)
 
 
 def test_fault_plan_applies_to_next_series_only(engine: Any) -> None:

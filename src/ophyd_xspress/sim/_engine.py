@@ -225,6 +225,7 @@ class SimulatedXspress3:
         self._status = "Device is in STANDBY"
         self._n_frames_acquired = 0
         self._ready_for_sw_trigger = False
+        self._arms = 0  # Arm commands accepted so far
         self._series = -1
         self._series_settings: dict[int, _SeriesSettings] = {}
         self._ended_series = False
@@ -330,6 +331,7 @@ class SimulatedXspress3:
             self._status = "Armed, waiting for triggers"
             self._n_frames_acquired = 0
             self._idle.clear()
+            self._arms += 1
         self._cmds.put((_Cmd.ARM, time.monotonic()))
 
     def software_trigger(self) -> None:
@@ -438,6 +440,8 @@ class SimulatedXspress3:
                 if cmd is _Cmd.CLOSE:
                     return
                 if cmd is _Cmd.ARM:
+                    with self._lock:
+                        arm = self._arms
                     try:
                         self._acquire()
                     except _StopRequestedError:
@@ -452,13 +456,17 @@ class SimulatedXspress3:
                         )
                     finally:
                         self._ready_for_sw_trigger = False
-                        # a FaultPlan applies to one series, fired or not
-                        self.faults.clear()
                         with self._lock:
-                            if self._state is DevState.RUNNING:
-                                self._state = DevState.STANDBY
-                                self._status = "Device is in STANDBY"
-                        self._idle.set()
+                            # A client that saw FAULT may Init and Arm again
+                            # before this clean-up runs: that newer Arm's
+                            # state, idle flag and fault plan are not ours
+                            if self._arms == arm:
+                                # a FaultPlan applies to one series, fired or not
+                                self.faults.clear()
+                                if self._state is DevState.RUNNING:
+                                    self._state = DevState.STANDBY
+                                    self._status = "Device is in STANDBY"
+                                self._idle.set()
                 elif cmd is _Cmd.STOP and self._series >= 0:
                     # The real device answers a Stop after completion with a
                     # second series_end.
