@@ -1,8 +1,13 @@
 """The HDF5 writer: rows bit-exact whatever order frames arrive in, holes stay
-empty, only flushed rows count as durable, errors surface, memory is pooled."""
+empty, only flushed rows count as durable, errors surface, memory is pooled.
+
+The spectra of the rows allocated at open go to the file by ``pwrite`` (with
+``O_DIRECT`` where the file system allows it), the others through HDF5: the
+tests that write a known-length run run in all three ways."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -48,11 +53,46 @@ def frames() -> list[Frame]:
     return sim_frames(150)
 
 
-def open_writer(path: Path, **kw: Any) -> Hdf5FrameWriter:
+def o_direct_works(directory: Path) -> bool:
+    """Whether this file system takes an aligned O_DIRECT write."""
+    if not hasattr(os, "O_DIRECT"):
+        return False
+    import mmap
+
+    probe = directory / "o_direct_probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644)
+        try:
+            os.pwrite(fd, mmap.mmap(-1, 4096), 0)
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+    return True
+
+
+@pytest.fixture(params=["o_direct", "pwrite", "hdf5"])
+def io(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """How the spectra of the rows allocated at open are written."""
+    mode: str = request.param
+    if mode == "o_direct" and not o_direct_works(tmp_path):
+        pytest.skip(f"no O_DIRECT on the file system of {tmp_path}")
+    return mode
+
+
+def open_writer(path: Path, io: str | None = None, **kw: Any) -> Hdf5FrameWriter:
+    """``io``: the way the spectra must go (checked once the file is open); None:
+    the writer's defaults, whatever the file system allows."""
     options: dict[str, Any] = {"window_counts": True}
+    if io is not None:
+        options.update(direct_io=io != "hdf5", o_direct=io == "o_direct")
     options.update(kw)
     writer = Hdf5FrameWriter(path, CH, BINS, WINDOWS, **options)
     writer.open()
+    if io is not None and writer.expected:
+        assert writer.spectra_io == io
     return writer
 
 
@@ -94,10 +134,10 @@ def check_rows(path: Path, frames: dict[int, Frame], rows: int) -> None:
             np.testing.assert_array_equal(g["roi_corrected"][r], correct(raw, dt.dtc))
 
 
-def test_in_order_rows_bit_exact_across_blocks(tmp_path: Path, frames) -> None:
+def test_in_order_rows_bit_exact_across_blocks(tmp_path: Path, frames, io) -> None:
     # 3 chunks of 16 rows a block: 150 frames span 4 blocks, the last partial
     path = tmp_path / "a.h5"
-    writer = open_writer(path, expected=150, block_bytes=3 << 20)
+    writer = open_writer(path, io, expected=150, block_bytes=3 << 20)
     assert writer.chunk == 16
     assert writer.block_rows == 48
     for i, frame in enumerate(frames):
@@ -107,8 +147,18 @@ def test_in_order_rows_bit_exact_across_blocks(tmp_path: Path, frames) -> None:
     writer.close()
     assert writer.frames_written == 150
     assert writer.durable.intervals == [(0, 150)]
-    assert writer.stats.direct_chunks == 9  # rows 0-143 as whole chunks
+    if io == "hdf5":
+        assert writer.stats.direct_chunks == 9  # rows 0-143 as whole chunks
+        assert writer.stats.raw_rows == 0
+    else:
+        assert writer.stats.direct_chunks == 0
+        assert writer.stats.raw_rows == 150
     check_rows(path, dict(enumerate(frames)), 150)
+    with h5py.File(path, "r") as f:  # an ordinary chunked dataset for readers
+        data = f[GROUP]["data"]
+        assert data.chunks == (16, CH, BINS)
+        assert data.compression is None
+        assert data.maxshape == (None, CH, BINS)
 
 
 def test_unknown_length_grows_the_datasets(tmp_path: Path, frames) -> None:
@@ -121,7 +171,7 @@ def test_unknown_length_grows_the_datasets(tmp_path: Path, frames) -> None:
 
 
 def test_shuffled_missing_and_late_frames_land_in_their_rows(
-    tmp_path: Path, frames
+    tmp_path: Path, frames, io
 ) -> None:
     rng = np.random.default_rng(3)
     rows = list(range(150))
@@ -135,7 +185,7 @@ def test_shuffled_missing_and_late_frames_land_in_their_rows(
     late = [arrive.pop(3), arrive.pop(50)]
     arrive += late
     path = tmp_path / "c.h5"
-    writer = open_writer(path, expected=150, block_bytes=2 << 20)
+    writer = open_writer(path, io, expected=150, block_bytes=2 << 20)
     for k, r in enumerate(arrive):
         writer.put(r, frames[r])
         if k % 7 == 6:
@@ -151,11 +201,11 @@ def test_shuffled_missing_and_late_frames_land_in_their_rows(
 
 
 def test_partial_block_is_stored_once_the_stream_goes_quiet(
-    tmp_path: Path, frames
+    tmp_path: Path, frames, io
 ) -> None:
     path = tmp_path / "d.h5"
     flushed = threading.Event()
-    writer = open_writer(path, expected=150, flush_period=0.05)
+    writer = open_writer(path, io, expected=150, flush_period=0.05)
     writer.on_flushed = flushed.set
     for i in range(10):
         writer.put(i, frames[i])
@@ -177,9 +227,11 @@ def test_partial_block_is_stored_once_the_stream_goes_quiet(
     check_rows(path, {i: frames[i] for i in range(20)}, 150)
 
 
-def test_small_pool_applies_back_pressure_without_loss(tmp_path: Path, frames) -> None:
+def test_small_pool_applies_back_pressure_without_loss(
+    tmp_path: Path, frames, io
+) -> None:
     path = tmp_path / "e.h5"
-    writer = open_writer(path, expected=150, block_bytes=1, max_blocks=2)
+    writer = open_writer(path, io, expected=150, block_bytes=1, max_blocks=2)
     assert writer.block_rows == 16
     for i, frame in enumerate(frames):
         writer.put(i, frame)
@@ -219,3 +271,54 @@ def test_wrong_shape_is_refused(tmp_path: Path, frames) -> None:
     writer.close()
     with pytest.raises(RuntimeError, match="after close"):
         writer.put(0, frames[0])
+
+
+def test_rows_past_the_initial_length_go_through_hdf5(
+    tmp_path: Path, frames, io
+) -> None:
+    # a prepare for 40 frames, then more rows (step-scan points appended to
+    # one file): the 3 chunks allocated at open (rows 0-47) take pwrite, the
+    # rest grows the datasets and goes through HDF5; no chunk is written both ways
+    path = tmp_path / "h.h5"
+    writer = open_writer(path, io, expected=40, block_bytes=1)
+    for i in range(100):
+        writer.put(i, frames[i])
+    writer.close()
+    raw = 0 if io == "hdf5" else 48
+    assert writer.stats.raw_rows == raw
+    assert writer.stats.direct_chunks == (100 - raw) // 16
+    check_rows(path, dict(enumerate(frames[:100])), 100)
+
+
+def test_never_written_rows_and_chunks_read_as_zeros(
+    tmp_path: Path, frames, io
+) -> None:
+    # rows 10-95 are in no block at all (chunks 1-4 never touched), 120-129 in
+    # a block but missing: all read as zeros with frame number -1
+    path = tmp_path / "i.h5"
+    writer = open_writer(path, io, expected=150)
+    got = {r: frames[r] for r in [*range(10), *range(100, 120), *range(130, 150)]}
+    for r, frame in got.items():
+        writer.put(r, frame)
+    writer.close()
+    check_rows(path, got, 150)
+
+
+def test_rows_not_page_aligned_go_through_the_page_cache(tmp_path: Path) -> None:
+    # 1000 bins x 4 channels x 4 bytes: rows of 16,000 bytes, not a multiple
+    # of 4096, so O_DIRECT cannot be used; pwrite through the page cache is
+    sim = SimulatedXspress3(channels=CH, pace=False)
+    rng = np.random.default_rng(7)
+    spectra = rng.integers(0, 2**32, (20, CH, 1000), dtype=np.uint32)
+    meta = sim.expected_frame(0, 0).metadata
+    path = tmp_path / "j.h5"
+    writer = Hdf5FrameWriter(path, CH, 1000, np.zeros((CH, 0, 2), int), expected=20)
+    writer.open()
+    assert writer.spectra_io == "pwrite"
+    for i in range(20):
+        writer.put(i, make_frame(i, spectra[i], meta))
+    writer.close()
+    assert writer.stats.raw_rows == 20
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f[GROUP]["data"][:], spectra)
+        np.testing.assert_array_equal(f[GROUP]["frame_number"][:], np.arange(20))

@@ -33,10 +33,13 @@ metadata pickle bytes when the decoder recognised its layout, so the scalers of
 a whole block become columns without per-frame work). Full blocks, or a partial
 block once its first frame is ``flush_period`` old, go to a dedicated writer
 thread through a bounded pool (back-pressure, no unbounded memory). The writer
-thread writes the spectra of whole chunks with ``write_direct_chunk`` (no
-HDF5 chunk cache, no per-frame call), everything else with one call per dataset
-per block, computes the dead-time quantities for the block at once, and
-flushes the file (SWMR) at most every ``flush_period`` and whenever it runs
+thread writes the spectra of the rows allocated when the file was opened (a fly
+scan's known length) with ``os.pwrite`` straight into their chunks, ``O_DIRECT``
+where possible (:mod:`ophyd_xspress._spectra_io`: no GIL held, no page-cache
+copy); rows beyond those go through HDF5 as whole chunks
+(``write_direct_chunk``). Everything else is one call per dataset per block;
+the dead-time quantities are computed for the block at once, and the file is
+flushed (SWMR) at most every ``flush_period`` and whenever the writer runs
 out of work. Only rows flushed to disk count as written
 (:attr:`Hdf5FrameWriter.durable`), so a reader (tiled) never sees a row
 promised but not on disk.
@@ -59,6 +62,7 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
+from ._spectra_io import ChunkFile, aligned_empty
 from .protocol import CLOCK_HZ, Frame, FrameSet, correct, dead_time, roi_sums
 
 __all__ = ["GROUP", "RAW_SCALERS", "DatasetSpec", "Hdf5FrameWriter", "dataset_specs"]
@@ -165,7 +169,8 @@ class _Block:
 @dataclass
 class _Stats:
     blocks: int = 0
-    direct_chunks: int = 0
+    direct_chunks: int = 0  # whole chunks written with write_direct_chunk
+    raw_rows: int = 0  # rows written with pwrite into early-allocated chunks
     file_flushes: int = 0
     stragglers: int = 0
     pool_waits: int = 0
@@ -198,6 +203,8 @@ class Hdf5FrameWriter:
         block_bytes: int = BLOCK_BYTES,
         max_blocks: int = MAX_BLOCKS,
         drop_cache: bool = True,
+        direct_io: bool = True,
+        o_direct: bool = True,
     ) -> None:
         self.path = Path(path)
         self.channels = channels
@@ -225,6 +232,12 @@ class Hdf5FrameWriter:
         #: cache stays small and its pages are recycled instead of newly
         #: allocated (on VMs, fresh memory can cost more than the write).
         self.drop_cache = drop_cache and hasattr(os, "posix_fadvise")
+        #: Write the spectra of the rows allocated at open with ``pwrite``
+        #: (``o_direct``: with ``O_DIRECT`` where possible) instead of HDF5.
+        self.direct_io = direct_io
+        self.o_direct = o_direct
+        self._chunks: ChunkFile | None = None
+        self._spectra_io = "hdf5"
         self._fd: int | None = None
         #: Rows safely on disk (written and flushed), absolute row numbers.
         self.durable = FrameSet()
@@ -248,7 +261,17 @@ class Hdf5FrameWriter:
     # -- file ----------------------------------------------------------------
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = h5py.File(self.path, "w", libver="latest")
+        data_spec = self.specs[0]
+        # large objects (the spectra's chunks) start on a page boundary, as
+        # O_DIRECT needs; the small datasets' chunks mostly stay below it
+        threshold = max(4096, data_spec.chunk_bytes()) if self.direct_io else 1
+        f = h5py.File(
+            self.path,
+            "w",
+            libver="latest",
+            alignment_threshold=threshold,
+            alignment_interval=4096 if self.direct_io else 1,
+        )
         try:
             group = f.require_group(GROUP)
             entry = f["/entry"]
@@ -256,6 +279,14 @@ class Hdf5FrameWriter:
             group.attrs["NX_class"] = "NXdetector"
             initial = self.expected or 0
             for spec in self.specs:
+                early: dict[str, Any] = {}
+                if spec is data_spec and self.direct_io and initial:
+                    # every chunk allocated now, nothing written by HDF5: the
+                    # writer thread fills them with pwrite (rows never written
+                    # are the file's holes: zeros)
+                    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+                    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+                    early = {"dcpl": dcpl, "fill_time": "never"}
                 ds = group.create_dataset(
                     spec.name,
                     shape=(initial, *spec.shape),
@@ -268,6 +299,7 @@ class Hdf5FrameWriter:
                     # (the default 1 MiB cache per dataset kept growing RSS)
                     rdcc_nbytes=2 * spec.chunk_bytes(),
                     rdcc_w0=1.0,
+                    **early,
                 )
                 if spec.units:
                     ds.attrs["units"] = spec.units
@@ -280,6 +312,12 @@ class Hdf5FrameWriter:
             if self.n_rois:
                 self._datasets["roi"].attrs["windows"] = self.windows
             f.swmr_mode = True
+            if self.direct_io and initial:
+                self._chunks = ChunkFile.open(
+                    self.path, self._datasets["data"], o_direct=self.o_direct
+                )
+                if self._chunks is not None:
+                    self._spectra_io = "o_direct" if self._chunks.o_direct else "pwrite"
         except BaseException:
             f.close()
             self._datasets = {}
@@ -310,11 +348,29 @@ class Hdf5FrameWriter:
                 thread.join()
             f, self._file = self._file, None
             self._datasets = {}
+            chunks, self._chunks = self._chunks, None
+            if chunks is not None:
+                chunks.close()
             if f is not None:
                 f.close()
             if self.error is not None and not self._error_raised:
                 self._error_raised = True
                 raise self.error
+
+    @property
+    def spectra_io(self) -> str:
+        """How the spectra of the rows allocated at open reach the file:
+        ``"o_direct"``, ``"pwrite"`` (page cache) or ``"hdf5"`` (also all
+        rows of a run of unknown length). An ``O_DIRECT`` write the file
+        system refuses turns ``"o_direct"`` into ``"pwrite"``."""
+        chunks = self._chunks
+        if (
+            chunks is not None
+            and self._spectra_io == "o_direct"
+            and not chunks.o_direct
+        ):
+            self._spectra_io = "pwrite"
+        return self._spectra_io
 
     @property
     def is_open(self) -> bool:
@@ -379,7 +435,7 @@ class Hdf5FrameWriter:
         if self._window_counts:
             columns["window_counts"] = np.zeros((rows, 2, ch), np.uint32)
         return _Block(
-            spectra=np.empty((rows, ch, self.bins), self.spectra_dtype),
+            spectra=aligned_empty((rows, ch, self.bins), self.spectra_dtype),
             columns=columns,
             frame_number=np.full(rows, -1, np.int64),
             present=np.zeros(rows, bool),
@@ -578,6 +634,27 @@ class Hdf5FrameWriter:
                 np.copyto(col, view, casting="unsafe", where=where)
         return columns
 
+    def _write_spectra_hdf5(self, start: int, spectra: npt.NDArray[Any]) -> None:
+        """Rows ``start ..`` through HDF5: whole chunks with
+        ``write_direct_chunk`` (no chunk cache), the ragged ends through h5py."""
+        stop = start + len(spectra)
+        k = self.chunk
+        first = -(-start // k) * k  # first chunk boundary >= start
+        last = (stop // k) * k  # last chunk boundary <= stop
+        data = self._datasets["data"]
+        if first < last:
+            if start < first:
+                data[start:first] = spectra[: first - start]
+            dcid = data.id
+            for row in range(first, last, k):
+                i = row - start
+                dcid.write_direct_chunk((row, 0, 0), spectra[i : i + k])
+                self.stats.direct_chunks += 1
+            if last < stop:
+                data[last:stop] = spectra[last - start :]
+        else:
+            data[start:stop] = spectra
+
     def _write_block(self, blk: _Block) -> list[tuple[int, int]]:
         n = blk.filled
         if n == 0:
@@ -592,23 +669,17 @@ class Hdf5FrameWriter:
         self._ensure_rows(stop)
         ds = self._datasets
         self.stats.blocks += 1
-        # spectra: whole chunks directly, the ragged ends through HDF5
-        k = self.chunk
-        first = -(-start // k) * k  # first chunk boundary >= start
-        last = (stop // k) * k  # last chunk boundary <= stop
-        data = ds["data"]
-        if first < last:
-            if start < first:
-                data[start:first] = spectra[: first - start]
-            dcid = data.id
-            for row in range(first, last, k):
-                i = row - start
-                dcid.write_direct_chunk((row, 0, 0), spectra[i : i + k])
-                self.stats.direct_chunks += 1
-            if last < stop:
-                data[last:stop] = spectra[last - start :]
-        else:
-            data[start:stop] = spectra
+        # spectra: the rows allocated at open with pwrite, into their chunks;
+        # rows past those (a dataset grown beyond its initial length) through
+        # HDF5. The boundary is a chunk boundary: no chunk is written both ways.
+        chunks = self._chunks
+        split = min(stop, chunks.rows) if chunks is not None else start
+        if chunks is not None and split > start:
+            chunks.write(start, spectra[: split - start])
+            self.stats.raw_rows += split - start
+        if split < stop:
+            first = max(start, split)
+            self._write_spectra_hdf5(first, spectra[first - start :])
         # metadata columns, derived quantities, ROIs: one write per dataset
         sl = slice(start, stop)
         cols = self._columns(blk, n)
