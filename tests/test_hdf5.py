@@ -322,3 +322,43 @@ def test_rows_not_page_aligned_go_through_the_page_cache(tmp_path: Path) -> None
     with h5py.File(path, "r") as f:
         np.testing.assert_array_equal(f[GROUP]["data"][:], spectra)
         np.testing.assert_array_equal(f[GROUP]["frame_number"][:], np.arange(20))
+
+
+def test_blocks_are_reused_before_new_ones_are_made(tmp_path: Path, frames) -> None:
+    # fresh memory costs more than the copy on a VM: a writer that keeps up
+    # needs only the blocks touched at open
+    path = tmp_path / "k.h5"
+    writer = open_writer(path, expected=150, block_bytes=1, max_blocks=8)
+    assert writer._made == 2  # touched at open, in the pool
+    for i, frame in enumerate(frames):
+        writer.put(i, frame)
+        if i % 16 == 15:  # a block handed over: wait until it is on disk
+            deadline = time.monotonic() + 5
+            while writer.durable.prefix() < i + 1 and time.monotonic() < deadline:
+                time.sleep(0.005)
+    writer.close()
+    assert writer._made == 2
+    assert writer.stats.pool_waits == 0
+    check_rows(path, dict(enumerate(frames)), 150)
+
+
+def test_a_failed_spectra_write_surfaces_and_stops_the_run(
+    tmp_path: Path, frames
+) -> None:
+    # the spectra go to disk on their own thread: its error must reach the
+    # receiver side like any other, and nothing it did not write counts
+    path = tmp_path / "l.h5"
+    writer = open_writer(path, "pwrite", expected=150, block_bytes=1)
+    assert writer._chunks is not None
+    writer._chunks.close()  # its descriptors gone: every pwrite fails
+    for i in range(16):
+        writer.put(i, frames[i])  # a full block: handed to the writer thread
+    deadline = time.monotonic() + 5
+    while writer.error is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert isinstance(writer.error, RuntimeError)
+    assert "spectra written after close" in str(writer.error)
+    with pytest.raises(RuntimeError, match="after close"):
+        writer.put(16, frames[16])
+    writer.close()
+    assert writer.frames_written == 0
