@@ -41,3 +41,52 @@ def test_an_unexpected_decoder_error_skips_the_message_not_the_thread(
     assert "message 3 could not be decoded (internal error" in caplog.text
     assert "RuntimeError: decoder bug" in caplog.text
     stream.rx.end(run)
+
+
+def _wait_for(predicate: Any, timeout: float = TIMEOUT) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_progress_is_published_only_when_it_moves(stream: Any, tmp_path: Any) -> None:
+    """Progress goes out (and waiters are woken) when the stored count changes,
+    not after every batch of messages: with an HDF5 sink it moves once per
+    file flush. The values published never fall, repeat at most once (when the
+    run becomes done: every frame received, not all stored yet) and end at the
+    run's length."""
+    import numpy as np
+
+    from ophyd_xspress.hdf5 import Hdf5FrameWriter
+
+    writer = Hdf5FrameWriter(
+        tmp_path / "p.h5", 2, 4096, np.zeros((2, 0, 2), int), expected=300
+    )
+    writer.open()
+    values: list[int] = []
+    run = stream.rx.begin(300, writer, active=False, on_progress=values.append)
+    stream.send_series(list(range(300)))
+    assert run.wait_blocking(TIMEOUT)
+    assert _wait_for(lambda: values and values[-1] == 300), values[-5:]
+    stream.rx.end(run)
+    writer.close()
+    assert values == sorted(values)
+    assert len(values) - len(set(values)) <= 1, values
+    assert len(values) < 20, values  # a few flushes, not one per batch
+    assert run.error is None
+
+    # an in-memory sink: stored moves with every frame, published per batch
+    values2: list[int] = []
+    sink = stream.sink()
+    run2 = stream.rx.begin(50, sink, active=False, on_progress=values2.append)
+    stream.send_series(list(range(50)))
+    assert run2.wait_blocking(TIMEOUT)
+    assert _wait_for(lambda: values2 and values2[-1] == 50), values2[-5:]
+    stream.rx.end(run2)
+    assert values2 == sorted(values2)
+    assert len(values2) - len(set(values2)) <= 1, values2

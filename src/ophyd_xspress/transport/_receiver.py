@@ -136,6 +136,8 @@ class RunTracker:
         self._segments: list[tuple[int, int]] = []
         #: passive runs: frames of a series lost before this run's first one
         self.skipped: list[int] = []
+        self._published: tuple[int, bool] | None = None
+        self._publish_lock = threading.Lock()
         self._durable: FrameSet | None = getattr(sink, "durable", None)
         if self._durable is not None:
             sink.on_flushed = self._on_sink_flushed  # type: ignore[attr-defined]
@@ -298,9 +300,19 @@ class RunTracker:
         self._publish()
 
     def _publish(self) -> None:
-        if self.on_progress is not None:
-            self.on_progress(self.stored)
-        self._notify()
+        # only when something a waiter or the progress signal sees changed:
+        # with an HDF5 sink ``stored`` moves once per file flush, and waking
+        # the event loop after every batch of messages cost the receiver CPU
+        # (receiver and writer threads both publish: the lock keeps the
+        # published values in order)
+        with self._publish_lock:
+            stored, done = self.stored, self.done
+            if (stored, done) == self._published:
+                return
+            self._published = (stored, done)
+            if self.on_progress is not None:
+                self.on_progress(stored)
+            self._notify()
 
     def _on_sink_flushed(self) -> None:
         """The sink stored more rows (called on its own thread)."""
