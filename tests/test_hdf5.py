@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 
-from ophyd_xspress.hdf5 import GROUP, SCALERS, Hdf5FrameWriter
+from ophyd_xspress.hdf5 import GROUP, PREFAULT_BLOCKS, SCALERS, Hdf5FrameWriter
 from ophyd_xspress.protocol import (
     Frame,
     StreamDecoder,
@@ -329,7 +329,7 @@ def test_blocks_are_reused_before_new_ones_are_made(tmp_path: Path, frames) -> N
     # needs only the blocks touched at open
     path = tmp_path / "k.h5"
     writer = open_writer(path, expected=150, block_bytes=1, max_blocks=8)
-    assert writer._made == 2  # touched at open, in the pool
+    assert writer._made == PREFAULT_BLOCKS < 8  # touched at open, in the pool
     for i, frame in enumerate(frames):
         writer.put(i, frame)
         if i % 16 == 15:  # a block handed over: wait until it is on disk
@@ -337,7 +337,7 @@ def test_blocks_are_reused_before_new_ones_are_made(tmp_path: Path, frames) -> N
             while writer.durable.prefix() < i + 1 and time.monotonic() < deadline:
                 time.sleep(0.005)
     writer.close()
-    assert writer._made == 2
+    assert writer._made == PREFAULT_BLOCKS
     assert writer.stats.pool_waits == 0
     check_rows(path, dict(enumerate(frames)), 150)
 

@@ -95,8 +95,10 @@ CHUNK_BYTES: Final = 1 << 20
 BLOCK_BYTES: Final = 16 << 20
 #: Blocks in the pool: the most the receiver can be ahead of the disk.
 MAX_BLOCKS: Final = 8
-#: Blocks whose memory is touched when the file is opened (known length only).
-PREFAULT_BLOCKS: Final = 2
+#: Blocks whose memory is touched when the file is opened (known length only):
+#: a writer that keeps up works in these, and peak RSS does not depend on how
+#: long a run is (measured: 258 MB at 10k frames, 298 MB at 1M with 2).
+PREFAULT_BLOCKS: Final = 4
 #: How long the receiver waits for a free block before declaring the writer stuck.
 STUCK_TIMEOUT: Final = 60.0
 
