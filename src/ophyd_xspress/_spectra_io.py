@@ -19,6 +19,10 @@ HDF5 never reads or writes these chunks itself, so its caches cannot disagree
 with the file, and the file is an ordinary chunked dataset for every reader.
 Chunks allocated later (a dataset grown past its initial length) are not in the
 table: the caller writes those through HDF5.
+
+The file has its full size from the start: chunks never written are holes of a
+sparse file (zeros when read, no disk space), so a fly scan stopped early takes
+only the space of what it wrote.
 """
 
 from __future__ import annotations
