@@ -362,3 +362,29 @@ def test_a_failed_spectra_write_surfaces_and_stops_the_run(
         writer.put(16, frames[16])
     writer.close()
     assert writer.frames_written == 0
+
+
+def test_a_run_stopped_early_takes_only_the_space_it_wrote(
+    tmp_path: Path, frames, io
+) -> None:
+    # the chunks of a known-length run are allocated at open: the file has its
+    # full size at once, but as holes of a sparse file
+    path = tmp_path / "m.h5"
+    writer = open_writer(path, io, expected=4000)
+    for i in range(10):
+        writer.put(i, frames[i])
+    writer.close()
+    with h5py.File(path, "r") as f:
+        g = f[GROUP]
+        assert g["data"].shape == (4000, CH, BINS)
+        for r in range(10):
+            np.testing.assert_array_equal(g["data"][r], frames[r].spectra)
+        assert not g["data"][10:64].any()
+        assert not g["data"][-64:].any()
+        np.testing.assert_array_equal(g["frame_number"][:10], np.arange(10))
+        assert (g["frame_number"][10:] == -1).all()
+    spectra = 4000 * CH * BINS * 4  # 262 MB
+    st = os.stat(path)
+    assert st.st_blocks * 512 < spectra / 20
+    if io != "hdf5":
+        assert st.st_size > spectra
