@@ -90,3 +90,81 @@ def test_progress_is_published_only_when_it_moves(stream: Any, tmp_path: Any) ->
     stream.rx.end(run2)
     assert values2 == sorted(values2)
     assert len(values2) - len(set(values2)) <= 1, values2
+
+
+def _odd_and_good_series(stream: Any) -> tuple[list[Any], list[Any]]:
+    """A header, frame 0, frame 1 with 1024 bins (the file has 4096), the real
+    frames 1 and 2, series_end; returns (messages, the good frames)."""
+    from ophyd_xspress.protocol import SeriesEndMessage, make_frame
+
+    good = [stream.frame(1, n) for n in range(3)]
+    odd = make_frame(
+        1, good[1].spectra[:, :1024], dict(good[1].metadata), exptime=good[1].exptime
+    )
+    enc = stream.encoder
+    messages = list(enc.encode(stream.sim.header()))
+    for frame in (good[0], odd, good[1], good[2]):
+        messages += enc.encode(frame)
+    messages += enc.encode(SeriesEndMessage())
+    return messages, good
+
+
+def test_a_frame_the_sink_refuses_leaves_the_thread_and_the_run_alive(
+    stream: Any, tmp_path: Any, caplog: Any
+) -> None:
+    """A frame of a shape the HDF5 file was not opened for is refused by the
+    writer (ValueError): it is counted and logged, the receiver thread goes on,
+    and the real frame 1 that follows is stored in its row. (It used to end
+    the receiver thread, and the run then only failed by stalling.)"""
+    import h5py
+    import numpy as np
+
+    from ophyd_xspress.hdf5 import GROUP, Hdf5FrameWriter
+
+    caplog.set_level(logging.WARNING, logger="ophyd_xspress.transport")
+    for active in (True, False):
+        path = tmp_path / f"odd-{active}.h5"
+        writer = Hdf5FrameWriter(path, 2, 4096, np.zeros((2, 0, 2), int), expected=3)
+        writer.open()
+        run = stream.rx.begin(3, writer, active=active)
+        messages, good = _odd_and_good_series(stream)
+        stream.push.send(messages)
+        assert run.wait_blocking(TIMEOUT)
+        assert stream.rx.running
+        assert run.error is None
+        summary = run.summary()
+        assert summary["refused"] == [1]
+        assert summary["missing"] == []
+        assert summary["repeated"] == []
+        stream.rx.end(run)
+        writer.close()
+        with h5py.File(path, "r") as f:
+            for n in range(3):
+                np.testing.assert_array_equal(f[GROUP]["data"][n], good[n].spectra)
+    assert (
+        caplog.text.count("frame 1 not stored: frame 1 has shape (2, 1024), the file")
+        == 2
+    )
+
+
+def test_a_failing_sink_fails_the_run_not_the_thread(stream: Any) -> None:
+    """Any other exception from the sink (here: a writer already closed) fails
+    the run with it; the receiver thread keeps serving the next run."""
+    import numpy as np
+
+    from ophyd_xspress.hdf5 import Hdf5FrameWriter
+
+    closed = Hdf5FrameWriter("unused.h5", 2, 4096, np.zeros((2, 0, 2), int))
+    run = stream.rx.begin(3, closed, active=False)  # never opened: put refuses
+    stream.send_series([0, 1, 2])
+    assert run.wait_blocking(TIMEOUT)
+    assert isinstance(run.error, RuntimeError)
+    assert "put after close" in str(run.error)
+    assert stream.rx.running
+    stream.rx.end(run)
+    sink = stream.sink()
+    run2 = stream.rx.begin(3, sink, active=False)
+    stream.send_series([0, 1, 2])
+    assert run2.wait_blocking(TIMEOUT)
+    assert run2.error is None
+    assert sorted(sink.rows) == [0, 1, 2]

@@ -89,7 +89,11 @@ class FrameSink(Protocol):
     progress then counts only durable rows.
     """
 
-    def put(self, row: int, frame: Frame) -> None: ...
+    def put(self, row: int, frame: Frame) -> None:
+        """Store ``frame`` in ``row``. ``ValueError``: this frame is refused
+        (its row stays empty, the run goes on); any other exception, or the
+        sink's own ``error``: the sink failed and the run fails with it."""
+        ...
 
     def flush(self) -> None: ...
 
@@ -121,6 +125,7 @@ class RunTracker:
         self.counts: Counter[str] = Counter()
         self.repeated: list[int] = []
         self.out_of_order: list[int] = []
+        self.refused: list[int] = []  # frames the sink would not store
         self.last_frame_time = time.monotonic()
         self.error: BaseException | None = None
         self.closed = False
@@ -204,7 +209,6 @@ class RunTracker:
             if self.expected is not None and row >= self.expected:
                 return False  # the next run's (this one still misses a frame)
             number = row
-            self.receiver._passive.take(frame.frame)
         if number in self.received:
             self.counts["repeated"] += 1
             self.repeated.append(frame.frame)
@@ -223,6 +227,21 @@ class RunTracker:
                 self.expected,
             )
             return True
+        try:
+            self.sink.put(self.row_offset + number, frame)
+        except ValueError as exc:
+            if getattr(self.sink, "error", None) is exc:
+                raise  # the sink failed (not this frame): the run fails
+            # the sink refuses this one frame (a shape the file was not opened
+            # for): its row stays empty, a later good copy is still taken
+            self.counts["refused"] += 1
+            self.refused.append(frame.frame)
+            log.warning(
+                "%s: frame %d not stored: %s", self.receiver.endpoint, frame.frame, exc
+            )
+            return True
+        if not self.active:
+            self.receiver._passive.take(frame.frame)
         if number < self._highest:
             self.counts["out_of_order"] += 1
             self.out_of_order.append(frame.frame)
@@ -234,7 +253,6 @@ class RunTracker:
             )
         else:
             self._highest, self._highest_frame = number, frame.frame
-        self.sink.put(self.row_offset + number, frame)
         self.received.add(number)
         self.last_frame_time = time.monotonic()
         self.contiguous = self.received.prefix()
@@ -373,6 +391,7 @@ class RunTracker:
             else [],
             "repeated": sorted(self.repeated),
             "out_of_order": sorted(self.out_of_order),
+            "refused": sorted(self.refused),
             "stale_discarded": self.counts["stale"],
             "anomaly_counts": dict(self.counts),
         }
@@ -687,6 +706,15 @@ class StreamReceiver:
                     self.backlog_limit,
                 )
 
+    def _offer(self, run: RunTracker, frame: Frame) -> bool:
+        """``run._on_frame``; a sink failure fails the run, not this thread."""
+        try:
+            return run._on_frame(frame)
+        except Exception as exc:  # the sink failed (disk full, file closed...)
+            log.exception("%s: storing frame %d failed", self.endpoint, frame.frame)
+            run._fail(exc)
+            return True
+
     def _feed_backlog(self, run: RunTracker) -> None:
         items = list(self._backlog)
         self._backlog.clear()
@@ -712,7 +740,7 @@ class StreamReceiver:
                 run._on_header(item)
             elif isinstance(item, SeriesEndMessage):
                 run._on_series_end()
-            elif not run._on_frame(item):
+            elif not self._offer(run, item):
                 self._keep(item)
 
     def _drain(self, sock: zmq.Socket[bytes] | None) -> None:
@@ -768,7 +796,7 @@ class StreamReceiver:
             for packet in packets:
                 if isinstance(packet, Frame):
                     if run is not None and (run.active or not run.done):
-                        if not run._on_frame(packet):
+                        if not self._offer(run, packet):
                             self._keep(packet)
                     else:
                         self._keep(packet)
