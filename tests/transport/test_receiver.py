@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from ophyd_xspress.protocol import StreamDecoder
@@ -43,15 +44,17 @@ def test_an_unexpected_decoder_error_skips_the_message_not_the_thread(
     stream.rx.end(run)
 
 
-def _wait_for(predicate: Any, timeout: float = TIMEOUT) -> bool:
-    import time
+def _recorder(last: int) -> tuple[list[int], threading.Event]:
+    """An ``on_progress`` list, and an event set once ``last`` is published."""
+    reached = threading.Event()
 
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+    class Values(list[int]):
+        def append(self, value: int) -> None:
+            super().append(value)
+            if value == last:
+                reached.set()
+
+    return Values(), reached
 
 
 def test_progress_is_published_only_when_it_moves(stream: Any, tmp_path: Any) -> None:
@@ -68,11 +71,11 @@ def test_progress_is_published_only_when_it_moves(stream: Any, tmp_path: Any) ->
         tmp_path / "p.h5", 2, 4096, np.zeros((2, 0, 2), int), expected=300
     )
     writer.open()
-    values: list[int] = []
+    values, reached = _recorder(300)
     run = stream.rx.begin(300, writer, active=False, on_progress=values.append)
     stream.send_series(list(range(300)))
     assert run.wait_blocking(TIMEOUT)
-    assert _wait_for(lambda: values and values[-1] == 300), values[-5:]
+    assert reached.wait(TIMEOUT), values[-5:]
     stream.rx.end(run)
     writer.close()
     assert values == sorted(values)
@@ -81,12 +84,12 @@ def test_progress_is_published_only_when_it_moves(stream: Any, tmp_path: Any) ->
     assert run.error is None
 
     # an in-memory sink: stored moves with every frame, published per batch
-    values2: list[int] = []
+    values2, reached2 = _recorder(50)
     sink = stream.sink()
     run2 = stream.rx.begin(50, sink, active=False, on_progress=values2.append)
     stream.send_series(list(range(50)))
     assert run2.wait_blocking(TIMEOUT)
-    assert _wait_for(lambda: values2 and values2[-1] == 50), values2[-5:]
+    assert reached2.wait(TIMEOUT), values2[-5:]
     stream.rx.end(run2)
     assert values2 == sorted(values2)
     assert len(values2) - len(set(values2)) <= 1, values2
