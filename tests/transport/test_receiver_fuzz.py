@@ -323,13 +323,19 @@ class Garbage:
         return Item([[head], [data], [meta]], [error])
 
     def legacy_lost_spectra(self, k: int) -> Item:
-        """Legacy: a short part starting with 0x80 where the spectra should be is
-        taken for the pickle (the spectra part lost): resynchronised, and the
-        real pickle after it is a stray binary part (resynchronised again)."""
+        """Legacy: the head of the frame's pickle where the spectra should be.
+        Whole, or cut just after a ``.`` (it ends like a pickle): taken for the
+        pickle, the spectra part lost (resynchronised), and the real pickle
+        after it is a stray binary part (resynchronised again). Cut anywhere
+        else: a damaged spectra buffer, the frame refused and the real pickle
+        swallowed as its metadata part."""
         head, _, meta = self.parts(k)
-        return Item(
-            [[head], [meta[: self.rng.randint(1, len(meta))]], [meta]], resyncs=2
-        )
+        size = self.rng.randint(1, len(meta))
+        messages = [[head], [meta[:size]], [meta]]
+        if size >= 3 and meta[size - 1] == 0x2E:
+            return Item(messages, resyncs=2)
+        text = f"frame {k}: spectra buffer is {size} bytes, expected {NBYTES}"
+        return Item(messages, ["^" + re.escape(text)])
 
     def legacy_left_open(self, k: int) -> Item:
         """Legacy: a frame's JSON (and maybe its spectra), then nothing: the next

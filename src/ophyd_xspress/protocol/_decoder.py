@@ -176,6 +176,19 @@ def _looks_like_json(view: bytes | memoryview) -> bool:
     return j > i and view[j] == 0x5D  # "]"
 
 
+def _ends_like_json(view: bytes | memoryview) -> bool:
+    """Ends with ``}`` or ``]`` (trailing whitespace allowed)."""
+    j = len(view) - 1
+    while j >= 0 and view[j] in _WHITESPACE:
+        j -= 1
+    return j >= 0 and view[j] in (0x7D, 0x5D)
+
+
+def _looks_like_pickle(view: bytes | memoryview) -> bool:
+    """A pickle of protocol 2-5: ``0x80 <proto> ... .`` (STOP)."""
+    return len(view) >= 3 and view[0] == 0x80 and 2 <= view[1] <= 5 and view[-1] == 0x2E
+
+
 def _shown(value: object, limit: int = 40) -> str:
     """A JSON value for a message: strings shortened, small scalars as written,
     anything else by type and length (never the repr of a whole container)."""
@@ -524,13 +537,17 @@ class StreamDecoder:
                 self._data = part
                 self._state = _State.META
                 return []
-            if _looks_like_json(part):
+            # A part of the wrong length is the next JSON or this frame's
+            # metadata pickle only if it also ends like one: a damaged spectra
+            # buffer can start with "{" or 0x80 (bin 0 = 123 or 128 counts),
+            # but ending in "}" or "." needs a last bin >= 0x2E000000 counts.
+            if _looks_like_json(part) and _ends_like_json(part):
                 self._resync(
                     f"frame {image.frame}: spectra and metadata parts lost "
                     "(next JSON arrived)"
                 )
                 return self._handle_json(part)
-            if len(part) and part[0] == 0x80 and len(part) < nbytes:
+            if len(part) < nbytes and _looks_like_pickle(part):
                 self._resync(f"frame {image.frame}: spectra part lost")
                 return []
             self._state = _State.SKIP_META
