@@ -8,6 +8,7 @@ Tests marked ``slow`` (the soak) are skipped unless ``XSPRESS_SLOW=1`` is set::
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[Any]) -> No
     for item in items:
         if "slow" in item.keywords and Path(str(item.fspath)).is_relative_to(here):
             item.add_marker(skip)
+
+
+@pytest.fixture
+def soak_frames(tmp_path: Path) -> Callable[[int], int]:
+    """For a 1M-frame soak writing ``per_frame`` bytes a frame in ``tmp_path``:
+    the frame count (``XSPRESS_SOAK_FRAMES``, default 1,000,000, at least
+    200,000), or a skip when the disk has less than three times the bytes free."""
+
+    def frames(per_frame: int) -> int:
+        n = int(os.environ.get("XSPRESS_SOAK_FRAMES", "1000000"))
+        assert n >= 200_000, "XSPRESS_SOAK_FRAMES must be at least 200000"
+        needed = n * per_frame
+        free = shutil.disk_usage(tmp_path).free
+        if free < 3 * needed:
+            pytest.skip(
+                f"needs {3 * needed / 1e9:.1f} GB free in {tmp_path} (3x the "
+                f"{needed / 1e9:.1f} GB written), has {free / 1e9:.1f} GB"
+            )
+        return n
+
+    return frames
 
 
 def receiver_threads() -> list[threading.Thread]:
