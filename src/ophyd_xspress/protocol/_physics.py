@@ -28,24 +28,25 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from .._constants import CLOCK_HZ
 
 __all__ = [
     "CLOCK_HZ",
     "DeadTime",
     "DeadTimeWarning",
+    "Derived",
     "correct",
     "dead_time",
     "dead_time_from_scalers",
+    "derive",
     "roi_sums",
     "stream_ocr_as_rate",
 ]
-
-#: Xspress3 / Xspress3-Mini clock: 80 MHz, 12.5 ns a tick.
-CLOCK_HZ: Final = 80e6
 
 F64 = npt.NDArray[np.float64]
 
@@ -241,6 +242,57 @@ def roi_sums(spectra: npt.ArrayLike, windows: npt.ArrayLike) -> npt.NDArray[Any]
     )
     out: npt.NDArray[Any] = hi_vals - lo_vals
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Derived:
+    """Everything computed from one frame (or a block of frames): dead time and
+    rates from the scalers, ROI sums raw and corrected from the spectra."""
+
+    dead_time: DeadTime
+    #: ``(..., channels, rois)`` raw ROI sums, or None without windows.
+    roi: npt.NDArray[Any] | None
+    #: ``roi * dtc``, or None without windows.
+    roi_corrected: F64 | None
+
+    def columns(self) -> dict[str, npt.NDArray[Any]]:
+        """The derived quantities by their HDF5 dataset name (see
+        :mod:`ophyd_xspress._schema`)."""
+        dt = self.dead_time
+        out: dict[str, npt.NDArray[Any]] = {
+            "dtc": dt.dtc,
+            "dead_time_percent": dt.dead_percent,
+            "live_time": dt.live_time,
+            "input_count_rate": dt.icr,
+            "output_count_rate": dt.ocr,
+        }
+        if self.roi is not None and self.roi_corrected is not None:
+            out["roi"] = self.roi
+            out["roi_corrected"] = self.roi_corrected
+        return out
+
+
+def derive(
+    scalers: Mapping[str, npt.ArrayLike],
+    spectra: npt.ArrayLike | None = None,
+    windows: npt.ArrayLike | None = None,
+    *,
+    clock_hz: float = CLOCK_HZ,
+    warn: bool = True,
+) -> Derived:
+    """The per-frame physics, the one derivation every consumer uses.
+
+    ``scalers``: the stream's scalers by name (``(..., channels)`` arrays: one
+    frame, or a block of frames). ``spectra`` ``(..., channels, bins)`` and
+    ``windows`` (as :func:`roi_sums` takes them) give the ROI sums; without
+    either, ``roi`` and ``roi_corrected`` are None. Dead time comes from the
+    formula only; the stream's own ``dead_time_correction`` is not used.
+    """
+    dt = dead_time_from_scalers(scalers, clock_hz=clock_hz, warn=warn)
+    if spectra is None or windows is None or np.asarray(windows).size == 0:
+        return Derived(dt, None, None)
+    raw = roi_sums(spectra, windows)
+    return Derived(dt, raw, correct(raw, dt.dtc))
 
 
 def stream_ocr_as_rate(output_count_rate: npt.ArrayLike) -> F64:
