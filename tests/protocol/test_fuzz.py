@@ -20,6 +20,7 @@ from ophyd_xspress.protocol import (
     HeaderMessage,
     ProtocolError,
     SeriesEndMessage,
+    StrayFrame,
     StreamDecoder,
     decode_metadata,
 )
@@ -91,10 +92,11 @@ def json_part(obj) -> bytes:
 
 def check_packets(packets) -> None:
     for packet in packets:
-        assert isinstance(packet, HeaderMessage | Frame | SeriesEndMessage)
-        if isinstance(packet, Frame):
-            assert packet.spectra.shape == tuple(packet.info.shape)
-            assert set(DEFAULT_SCALER_NAMES) <= set(packet.metadata)
+        assert isinstance(packet, HeaderMessage | Frame | SeriesEndMessage | StrayFrame)
+        frame = packet.frame if isinstance(packet, StrayFrame) else packet
+        if isinstance(frame, Frame):
+            assert frame.spectra.shape == tuple(frame.info.shape)
+            assert set(DEFAULT_SCALER_NAMES) <= set(frame.metadata)
 
 
 def feed_only_protocol_errors(decoder: StreamDecoder, message) -> None:

@@ -7,6 +7,7 @@ control exactly which globals and arguments the unpickler sees.
 from __future__ import annotations
 
 import copyreg
+import io
 import pickle
 import pickletools
 import struct
@@ -21,7 +22,8 @@ from ophyd_xspress.protocol import (
     MetadataDecoder,
     ProtocolError,
     UnsafeMetadataError,
-    _metadata,
+    _pickle,
+    _pickle_scan,
     decode_metadata,
     encode_metadata,
 )
@@ -457,10 +459,20 @@ def test_object_dtype_array_is_refused():
 
 
 def test_structured_dtype_is_refused():
+    """numpy pickles a structured dtype's fields as a dict in its BUILD state:
+    the pre-scan refuses that dict before anything is unpickled (the hand-built
+    state below, without a dict, is refused by the dtype stand-in instead)."""
     arr = np.zeros(2, dtype=[("a", "<u4"), ("b", "<f8")])
     for protocol in (3, 4, 5):
-        with pytest.raises(UnsafeMetadataError, match="structured"):
-            decode_metadata(pickle.dumps([arr], protocol=protocol))
+        data = pickle.dumps([arr], protocol=protocol)
+        dict_at = next(
+            pos for op, _, pos in pickletools.genops(data) if op.name == "EMPTY_DICT"
+        )
+        with pytest.raises(UnsafeMetadataError) as info:
+            decode_metadata(data)
+        assert f"opcode EMPTY_DICT (0x7d) at offset {dict_at} is not allowed" in str(
+            info.value
+        )
 
 
 def test_hand_built_structured_dtype_state_is_refused():
@@ -661,7 +673,7 @@ def test_protocol_errors_are_value_errors():
     assert issubclass(ProtocolError, ValueError)
 
 
-# -- hardening: the restricted pickle VM ----------------------------------------
+# -- hardening: the pre-scan and the restricted unpickler ----------------------
 def _nested_tuple_bomb(depth: int) -> bytes:
     """A tuple DAG whose repr doubles at each level: ~150 bytes, 2**depth repr."""
     out = b")\x940"  # (), memo 0
@@ -739,15 +751,38 @@ def test_build_on_a_global_is_refused(module, name, state):
     assert marker not in str(info.value)
 
 
-def test_globals_resolve_to_inert_tokens():
-    """What a global resolves to is not a function and holds no state to mutate."""
-    for key, token in _metadata._GLOBALS.items():
-        assert key in _GLOBAL_NAMES
-        assert not callable(token)
-        assert not hasattr(token, "__dict__")
+def test_globals_resolve_to_inert_stand_ins():
+    """What find_class gives is an object of ours, never numpy's: no state a
+    pickle could change (no __dict__, no new attributes, BUILD refused)."""
+    assert set(_pickle._GLOBALS) == set(_GLOBAL_NAMES)
+    assert set(_pickle_scan.ALLOWED_GLOBALS) == set(_GLOBAL_NAMES)
+    unpickler = _pickle._Unpickler(io.BytesIO(b""))
+    for key, stand_in in _pickle._GLOBALS.items():
+        assert unpickler.find_class(*key) is stand_in
+        assert type(stand_in).__module__ == _pickle.__name__
+        assert not hasattr(stand_in, "__dict__")
         with pytest.raises(AttributeError):
-            token.__defaults__ = (1,)  # type: ignore[attr-defined]
-    assert set(_metadata._GLOBALS) == set(_GLOBAL_NAMES)
+            stand_in.__defaults__ = (1,)  # type: ignore[attr-defined]
+        with pytest.raises(UnsafeMetadataError, match="BUILD"):
+            stand_in.__setstate__({"name": "x"})
+    with pytest.raises(UnsafeMetadataError, match=r"builtins\.open"):
+        unpickler.find_class("builtins", "open")
+
+
+def test_numpy_reconstruction_is_never_called(monkeypatch, multipart_capture):
+    """The arrays come from np.frombuffer over the pickle, not from numpy's
+    unpickling functions (which would allocate what a hostile shape asks)."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("numpy's reconstruction called")
+
+    protocol5 = pickle.dumps([np.arange(3)], protocol=5)
+    for module in (np._core.multiarray, np._core.numeric):  # type: ignore[attr-defined]
+        for name in ("_reconstruct", "_frombuffer"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, forbidden)
+    assert len(decode_metadata(multipart_capture[1][2])) == 9
+    assert decode_metadata(protocol5)[0].tolist() == [0, 1, 2]
 
 
 def test_reduce_only_calls_the_allowed_stand_ins():
@@ -785,8 +820,12 @@ def test_build_applies_once_and_only_to_arrays_and_dtypes():
         decode_metadata(on_list)
 
 
-def test_one_byte_string_cannot_be_code_and_data():
-    """The b'b' code of _reconstruct, memoized, reused as a 1-byte array's data."""
+def test_one_byte_string_as_code_and_as_data_decodes_exactly():
+    """The b'b' code of _reconstruct, memoized, reused as a 1-byte array's data.
+
+    The code's contents are never read (only its type and length), so the byte
+    is array data and nothing else: the fast path slicing it gives what the full
+    path gives, whatever the byte."""
     body = (
         op_global("numpy.core.multiarray", "_reconstruct")
         + op_global("numpy", "ndarray")
@@ -797,8 +836,37 @@ def test_one_byte_string_cannot_be_code_and_data():
         + op_tuple(op_int(1), op_tuple(op_int(1)), op_dtype("u1"), b"\x89", b"h\x00")
         + b"b"
     )
-    with pytest.raises(UnsafeMetadataError, match="array data and as code"):
-        decode_metadata(list_pickle(body, proto=4))
+    data = list_pickle(body, proto=4)
+    (arr,) = decode_metadata(data)
+    assert (arr.dtype.str, arr.tolist()) == ("|u1", [ord("b")])
+    decoder = MetadataDecoder()
+    decoder.decode(data)
+    at = data.index(b"B\x01\x00\x00\x00b") + 5
+    for byte in (0, 0x63, 0xFF):
+        other = data[:at] + bytes([byte]) + data[at + 1 :]
+        assert decoder.decode(other)[0].tolist() == [byte]
+        assert decode_metadata(other)[0].tolist() == [byte]
+    assert (decoder.full_decodes, decoder.fast_hits) == (1, 3)
+
+
+def test_arrays_that_cannot_be_located_are_decoded_without_a_template(
+    monkeypatch, multipart_capture
+):
+    """When the marker load cannot place the arrays (here: no marker left), the
+    arrays come from the unpickled copies and there is no template."""
+    data = multipart_capture[1][2]
+    expected = decode_metadata(data)
+    monkeypatch.setattr(_pickle, "_MAX_REGIONS", 0)
+    decoder = MetadataDecoder()
+    for _ in range(3):
+        got = decoder.decode(data)
+        assert [(a.dtype, a.shape, a.tobytes()) for a in got] == [
+            (a.dtype, a.shape, a.tobytes()) for a in expected
+        ]
+        assert not any(a.flags.writeable for a in got)
+        assert not any(np.shares_memory(a, np.frombuffer(data, np.uint8)) for a in got)
+    assert (decoder.full_decodes, decoder.fast_hits) == (3, 0)
+    assert decoder.decode_template(data)[1] is None
 
 
 @pytest.mark.parametrize(
@@ -900,8 +968,8 @@ def _lowered_recursion_limit(extra: int = 60):
         (b"]" * 1_100 + b"a" * 1_099, "stack exceeds 1024 items"),
         (b"]" * 2_000, "stack exceeds 1024 items"),
         (b"N" * 5_000, "stack exceeds 1024 items"),
-        (b"]" + b"Na" * 2_000, "list exceeds 1024 items"),
-        (b"](" + b"N" * 1_000 + b"e(" + b"N" * 100 + b"e", "list exceeds 1024"),
+        (b"]" + b"Na" * 2_000, "appends more than 1024 list items"),
+        (b"](" + b"N" * 1_000 + b"e(" + b"N" * 100 + b"e", "more than 1024 list"),
     ],
     ids=[
         "nested-tuples",
@@ -989,11 +1057,14 @@ def test_unknown_protocol_versions_are_refused(proto):
         decode_metadata(bytes([0x80, proto]) + b"]" + b".")
 
 
+_CODE = {op.name: ord(op.code) for op in pickletools.opcodes}
+
+
 def _refused_opcodes():
     return [
         op
         for op in pickletools.opcodes
-        if ord(op.code) not in _metadata.ALLOWED_OPCODES or op.name == "PROTO"
+        if op.name not in _pickle_scan.ALLOWED_OPCODES or op.name == "PROTO"
     ]
 
 
@@ -1009,7 +1080,8 @@ def test_the_allowlist_is_what_numpy_array_pickles_use(dump_capture, multipart_c
     for data in pickles:
         used |= {op.name for op, _, _ in pickletools.genops(data)}
         decode_metadata(data)
-    allowed = {_metadata._OPCODE_NAMES[code] for code in _metadata.ALLOWED_OPCODES}
+    allowed = set(_pickle_scan.ALLOWED_OPCODES)
+    assert allowed <= {op.name for op in pickletools.opcodes}
     assert used <= allowed
     # Allowed but not written by numpy for these arrays: other encodings of
     # ints / memo indices / strings that a pickler may choose, and LONG1 (shapes
@@ -1040,13 +1112,12 @@ def test_every_opcode_outside_the_allowlist_is_refused(opcode, prefix):
 
 
 @pytest.mark.parametrize(
-    "code",
-    sorted(_metadata.ALLOWED_OPCODES - {0x80}),
-    ids=lambda code: _metadata._OPCODE_NAMES[code],
+    "name", sorted(_pickle_scan.ALLOWED_OPCODES - {"PROTO"}), ids=str
 )
-def test_every_allowed_opcode_is_executed_not_refused(code):
-    """The allowlist and the VM's dispatch agree: an allowed opcode may fail on
-    its operands, never as 'not allowed'."""
+def test_every_allowed_opcode_is_executed_not_refused(name):
+    """The allowlist and the pre-scan agree: an allowed opcode may fail on its
+    operands, never as 'not allowed'."""
+    code = _CODE[name]
     for data in (
         b"\x80\x04" + bytes([code]) + b"\x00" * 16 + b".",
         b"\x80\x04](NN" + bytes([code]) + b"\x01\x00\x00\x00" + b"x\n" * 8,
@@ -1056,7 +1127,7 @@ def test_every_allowed_opcode_is_executed_not_refused(code):
             decode_metadata(data)
         except ProtocolError as exc:
             message = str(exc)
-        assert f"opcode {_metadata._OPCODE_NAMES[code]} (" not in message
+        assert f"opcode {name} (" not in message
 
 
 def test_an_unknown_byte_is_a_corrupt_pickle_naming_the_offset():
@@ -1172,7 +1243,7 @@ def test_fast_path_matches_the_full_vm_on_real_captures(request, capture):
     for i, data in enumerate(pickles):
         got = decoder.decode(data)
         _assert_same_arrays(got, decode_metadata(data))
-        # the first runs the VM, every later frame is sliced from the template
+        # the first takes the full path, every later one is sliced from the template
         assert (decoder.full_decodes, decoder.fast_hits) == (1, i)
     # Memoryview / bytearray / zmq-like inputs take the fast path too.
     for form in (memoryview(pickles[0]), bytearray(pickles[1])):
@@ -1256,7 +1327,7 @@ def test_data_only_changes_take_the_fast_path(warm):
         "memoize-to-pop",
     ],
 )
-def test_a_hostile_deviation_from_the_template_runs_the_vm(
+def test_a_hostile_deviation_from_the_template_takes_the_full_path(
     warm, old, new, error, fragment
 ):
     decoder, data, _ = warm
@@ -1281,7 +1352,7 @@ def test_a_hostile_same_length_global_in_a_protocol3_pickle(warm):
     assert (decoder.full_decodes, decoder.fast_hits) == (2, 0)
 
 
-def test_a_valid_deviation_is_decoded_by_the_vm_and_becomes_the_template(warm):
+def test_a_valid_deviation_takes_the_full_path_and_becomes_the_template(warm):
     decoder, data, _ = warm
     signed = _replace_once(data, b"\x8c\x02u4", b"\x8c\x02i4")
     got = decoder.decode(signed)
@@ -1290,13 +1361,13 @@ def test_a_valid_deviation_is_decoded_by_the_vm_and_becomes_the_template(warm):
     _assert_same_arrays(got, decode_metadata(signed))
     decoder.decode(signed)
     assert (decoder.full_decodes, decoder.fast_hits) == (2, 1)
-    # Back to the original layout: the VM once more, then fast again.
+    # Back to the original layout: the full path once more, then fast again.
     decoder.decode(data)
     decoder.decode(data)
     assert (decoder.full_decodes, decoder.fast_hits) == (3, 2)
 
 
-def test_other_lengths_and_layouts_run_the_vm(warm):
+def test_other_lengths_and_layouts_take_the_full_path(warm):
     decoder, data, legacy = warm
     five = encode_metadata([np.zeros(5)] * 8 + [np.zeros((2, 5), np.uint32)])
     assert len(decoder.decode(five)) == 9
