@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ophyd_xspress.capture import read_capture
 from ophyd_xspress.protocol import (
     CLOCK_HZ,
     DEFAULT_SCALER_NAMES,
@@ -23,6 +22,7 @@ from ophyd_xspress.protocol import (
     StreamDecoder,
     make_frame,
 )
+from ophyd_xspress.tools import read_capture
 
 DUMP_NAME = "xspress3-dump.cbors"
 MULTIPART_NAME = "xspress3-multipart.cbors"

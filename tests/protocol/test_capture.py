@@ -5,8 +5,8 @@ from __future__ import annotations
 import cbor2
 import pytest
 
-from ophyd_xspress.capture import CaptureError, read_capture, write_capture
 from ophyd_xspress.protocol import ProtocolError
+from ophyd_xspress.tools import CaptureError, read_capture, write_capture
 
 DUMP_NAME = "xspress3-dump.cbors"
 MULTIPART_NAME = "xspress3-multipart.cbors"

@@ -18,10 +18,10 @@ from ophyd_xspress.protocol import (
     HeaderMessage,
     InvalidJSONError,
     MissingPartError,
-    OutOfSeriesError,
     ProtocolError,
     SeriesEndMessage,
     ShapeTooLargeError,
+    StrayFrame,
     StreamDecoder,
     UnknownHtypeError,
     UnsafeMetadataError,
@@ -597,10 +597,10 @@ def test_bad_shapes(mp, shape, fragment):
 
 def test_image_before_any_header_multipart(multipart_capture):
     decoder = StreamDecoder()
-    with pytest.raises(OutOfSeriesError) as info:
-        decoder.feed(multipart_capture[1])
-    assert "frame 0 arrived outside any series" in str(info.value)
-    assert info.value.frame.frame == 0  # the decoded frame travels with the error
+    (stray,) = decoder.feed(multipart_capture[1])
+    assert isinstance(stray, StrayFrame)  # a packet, with the decoded frame
+    assert stray.where == "before any header"
+    assert stray.frame.frame == 0
     assert decoder.tracker.counts["frame_outside_series"] == 1
     assert decoder.tracker.anomalies[-1].frames == (0,)
     assert decoder.frames_decoded == 0
@@ -612,8 +612,9 @@ def test_image_before_any_header_legacy(dump_capture):
     decoder = StreamDecoder()
     assert decoder.feed(dump_capture[1]) == []
     assert decoder.feed(dump_capture[2]) == []
-    with pytest.raises(OutOfSeriesError, match="frame 0 arrived outside any series"):
-        decoder.feed(dump_capture[3])
+    (stray,) = decoder.feed(dump_capture[3])
+    assert isinstance(stray, StrayFrame)
+    assert stray.frame.frame == 0
     assert decoder.tracker.counts["frame_outside_series"] == 1
     decoder.feed(dump_capture[0])
     for message in dump_capture[4:7]:
@@ -713,10 +714,11 @@ def test_frame_number_just_below_2_63_is_decoded(mp):
     decoder, (head, data, meta), _ = mp
     (frame,) = decoder.feed([edit_json(head, frame=2**63 - 1), data, meta])
     assert frame.frame == 2**63 - 1
-    assert decoder.tracker.current.unlisted_missing == 2**63 - 1
+    assert decoder.tracker.current.missing_count == 2**63 - 1
     (again,) = decoder.feed([edit_json(head, frame=5), data, meta])  # late
-    assert decoder.tracker.current.unlisted_missing == 2**63 - 2
+    assert decoder.tracker.current.missing_count == 2**63 - 2
     assert again.frame == 5
+    assert again.arrival.kind == "late"
 
 
 def test_large_frame_numbers_below_2_63_are_decoded(mp, multipart_capture):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import logging
 
 import pytest
 from hypothesis import given
@@ -12,17 +11,22 @@ from hypothesis import strategies as st
 
 from ophyd_xspress.protocol import (
     Anomaly,
+    Arrival,
     HeaderMessage,
-    OutOfSeriesError,
     SeriesEndMessage,
     SeriesTracker,
+    StrayFrame,
     StreamDecoder,
     StreamEncoder,
+    format_intervals,
     format_ranges,
 )
-from ophyd_xspress.protocol._series import MAX_KEPT_SERIES, FrameSet
-
-LOGGER = "ophyd_xspress.protocol"
+from ophyd_xspress.protocol._intervals import FrameSet
+from ophyd_xspress.protocol._series import (
+    MAX_ANOMALY_FRAMES,
+    MAX_EXAMPLES,
+    MAX_KEPT_SERIES,
+)
 
 
 @pytest.fixture
@@ -30,7 +34,8 @@ def stream(make_synthetic_frames):
     """Feed a decoder the given frame numbers (small synthetic frames, multipart).
 
     ``stream(decoder, [0, 1, "end", "header", 0])``: ints are frames, "header"
-    and "end" the JSON packets. Returns the packets and the errors raised.
+    and "end" the JSON packets. Returns the packets in series and the stray
+    frames (frames outside any series, returned as :class:`StrayFrame`).
     """
     encoder = StreamEncoder("multipart")
     frames = {}
@@ -49,10 +54,11 @@ def stream(make_synthetic_frames):
                     )
                 messages = encoder.encode(frames[item])
             for message in messages:
-                try:
-                    packets += decoder.feed(message)
-                except OutOfSeriesError as exc:
-                    errors.append(exc)
+                for packet in decoder.feed(message):
+                    if isinstance(packet, StrayFrame):
+                        errors.append(packet)
+                    else:
+                        packets.append(packet)
         return packets, errors
 
     return feed
@@ -62,11 +68,15 @@ def anomalies(tracker: SeriesTracker, kind: str) -> list[Anomaly]:
     return [a for a in tracker.anomalies if a.kind == kind]
 
 
+def told(tracker: SeriesTracker) -> list[tuple[str, str]]:
+    """What the caller is handed to report, once: (severity, message)."""
+    return [(a.severity, a.message) for a in tracker.drain()]
+
+
 # -- missing frames ------------------------------------------------------------
-def test_missing_frames_are_counted_logged_and_listed(stream, caplog):
+def test_missing_frames_are_counted_told_and_listed(stream):
     decoder = StreamDecoder()
-    with caplog.at_level(logging.INFO, logger=LOGGER):
-        packets, errors = stream(decoder, ["header", 0, 1, 4, 5, 9, "end"])
+    packets, errors = stream(decoder, ["header", 0, 1, 4, 5, 9, "end"])
 
     assert not errors
     assert len(packets) == 7
@@ -84,12 +94,14 @@ def test_missing_frames_are_counted_logged_and_listed(stream, caplog):
     assert state.closed
     assert state.counts["missing"] == 5
 
-    messages = [r.getMessage() for r in caplog.records]
-    # Logged when the gap shows, and once more at series end.
-    assert "series 0: frames 2-3 not received before frame 4" in messages
-    assert "series 0: frames 6-8 not received before frame 9" in messages
-    assert "series 0: 5 frame(s) never received: 2-3, 6-8" in messages
-    assert all(r.levelno == logging.WARNING for r in caplog.records)
+    # Told when the gap shows (not counted: the gap is counted as missing
+    # when the series ends), and once more at series end.
+    assert told(tracker) == [
+        ("warning", "series 0: frames 2-3 not received before frame 4"),
+        ("warning", "series 0: frames 6-8 not received before frame 9"),
+        ("warning", "series 0: 5 frame(s) never received: 2-3, 6-8"),
+    ]
+    assert told(tracker) == []  # each fact is handed out once
 
 
 def test_missing_first_frames(stream):
@@ -110,35 +122,43 @@ def test_gap_reported_at_finish_without_series_end(stream):
     assert decoder.tracker.counts["missing"] == 2
 
 
-def test_no_anomalies_for_a_clean_series(stream, caplog):
+def test_no_anomalies_for_a_clean_series(stream):
     decoder = StreamDecoder()
-    with caplog.at_level(logging.INFO, logger=LOGGER):
-        stream(decoder, ["header", 0, 1, 2, 3, "end"])
+    stream(decoder, ["header", 0, 1, 2, 3, "end"])
     assert not decoder.tracker.counts
     assert not decoder.tracker.anomalies
-    assert not caplog.records
+    assert told(decoder.tracker) == []
 
 
 # -- repeated and out-of-order -------------------------------------------------
-def test_repeated_frames(stream, caplog):
+def test_repeated_frames(stream):
     decoder = StreamDecoder()
-    with caplog.at_level(logging.INFO, logger=LOGGER):
-        packets, _ = stream(decoder, ["header", 0, 1, 1, 2, 2, 2, 3, "end"])
+    packets, _ = stream(decoder, ["header", 0, 1, 1, 2, 2, 2, 3, "end"])
     assert len(packets) == 9  # repeated frames are still delivered
     tracker = decoder.tracker
     assert tracker.counts["repeated"] == 3
     assert [a.frames for a in anomalies(tracker, "repeated")] == [(1,), (2,), (2,)]
     assert tracker.series[0].repeated_frames == [1, 2, 2]
     assert tracker.counts["missing"] == 0
-    messages = [r.getMessage() for r in caplog.records]
-    assert messages.count("series 0: frame 2 received again") == 2
-    assert "series 0: frame 1 received again" in messages
+    assert [a.arrival.kind for a in packets[1:-1]] == [
+        "next",
+        "next",
+        "repeat",
+        "next",
+        "repeat",
+        "repeat",
+        "next",
+    ]
+    assert told(tracker) == [
+        ("warning", "series 0: frame 1 received again"),
+        ("warning", "series 0: frame 2 received again"),
+        ("warning", "series 0: frame 2 received again"),
+    ]
 
 
-def test_out_of_order_frames(stream, caplog):
+def test_out_of_order_frames(stream):
     decoder = StreamDecoder()
-    with caplog.at_level(logging.INFO, logger=LOGGER):
-        stream(decoder, ["header", 0, 2, 1, 3, 6, 4, 5, "end"])
+    packets, _ = stream(decoder, ["header", 0, 2, 1, 3, 6, 4, 5, "end"])
     tracker = decoder.tracker
     assert tracker.counts["out_of_order"] == 3
     assert [a.frames for a in anomalies(tracker, "out_of_order")] == [(1,), (4,), (5,)]
@@ -146,7 +166,17 @@ def test_out_of_order_frames(stream, caplog):
     # Late frames are not reported missing at the end.
     assert tracker.counts["missing"] == 0
     assert tracker.series[0].missing_frames == []
-    messages = [r.getMessage() for r in caplog.records]
+    verdicts = [(p.frame, p.arrival.kind, p.arrival.gap) for p in packets[1:-1]]
+    assert verdicts == [
+        (0, "next", None),
+        (2, "next", (1, 2)),
+        (1, "late", None),
+        (3, "next", None),
+        (6, "next", (4, 6)),
+        (4, "late", None),
+        (5, "late", None),
+    ]
+    messages = [m for _, m in told(tracker)]
     assert "series 0: frame 1 arrived after frame 2" in messages
     assert "series 0: frame 4 arrived after frame 6" in messages
     assert "series 0: frame 5 arrived after frame 6" in messages
@@ -160,10 +190,9 @@ def test_late_frame_after_the_gap_only_leaves_the_rest_missing(stream):
 
 
 # -- series structure ----------------------------------------------------------
-def test_header_before_series_end_starts_a_new_series(stream, caplog):
+def test_header_before_series_end_starts_a_new_series(stream):
     decoder = StreamDecoder()
-    with caplog.at_level(logging.INFO, logger=LOGGER):
-        _, errors = stream(decoder, ["header", 0, 2, "header", 0, 1, "end"])
+    _, errors = stream(decoder, ["header", 0, 2, "header", 0, 1, "end"])
     assert not errors
     tracker = decoder.tracker
     assert tracker.counts["header_before_series_end"] == 1
@@ -183,13 +212,15 @@ def test_header_before_series_end_starts_a_new_series(stream, caplog):
     assert second.frames_received == 2
     assert not second.counts  # frame numbers restart at 0: nothing odd there
     assert tracker.current is second
-    assert "series 0: new header before series_end after 2 frames" in caplog.text
+    assert (
+        "warning",
+        "series 0: new header before series_end after 2 frames; starting series 1",
+    ) in told(tracker)
 
 
-def test_second_series_end_is_counted_at_info_level(stream, caplog):
+def test_second_series_end_is_counted_at_info_level(stream):
     decoder = StreamDecoder()
-    with caplog.at_level(logging.INFO, logger=LOGGER):
-        packets, _ = stream(decoder, ["header", 0, "end", "end"])
+    packets, _ = stream(decoder, ["header", 0, "end", "end"])
     assert [type(p).__name__ for p in packets] == [
         "HeaderMessage",
         "Frame",
@@ -199,9 +230,7 @@ def test_second_series_end_is_counted_at_info_level(stream, caplog):
     tracker = decoder.tracker
     assert tracker.counts["duplicate_series_end"] == 1
     assert tracker.series[0].end_count == 2
-    (record,) = caplog.records
-    assert record.levelno == logging.INFO
-    assert record.getMessage() == "series 0: series_end received 2 times"
+    assert told(tracker) == [("info", "series 0: series_end received 2 times")]
 
 
 def test_series_end_before_any_header():
@@ -215,26 +244,25 @@ def test_series_end_before_any_header():
     assert list(tracker.series) == []
 
 
-def test_frame_after_series_end(stream, caplog):
+def test_frame_after_series_end(stream):
     decoder = StreamDecoder()
-    with caplog.at_level(logging.INFO, logger=LOGGER):
-        _, errors = stream(decoder, ["header", 0, 1, "end", 2, 3])
+    _, errors = stream(decoder, ["header", 0, 1, "end", 2, 3])
     assert len(errors) == 2
     assert [e.frame.frame for e in errors] == [2, 3]
-    assert "frame 2 arrived outside any series" in str(errors[0])
+    assert errors[0].where == "after series_end"
+    assert errors[0].frame.arrival.kind == "stray"
     tracker = decoder.tracker
     assert tracker.counts["frame_outside_series"] == 2
     outside = anomalies(tracker, "frame_outside_series")
     assert [a.frames for a in outside] == [(2,), (3,)]
     assert outside[0].message == (
-        "frame 2 received after series_end of series 0: not attributed to any series"
+        "frame 2 received after series_end of series 0: not attributed to any "
+        "series (further such frames are counted, not logged)"
     )
     assert tracker.series[0].frames_received == 2
     assert decoder.frames_decoded == 2
-    # one warning per streak of stray frames, not one per frame
-    assert "frame 2 received after series_end of series 0" in caplog.text
-    assert "further such frames are counted, not logged" in caplog.text
-    assert "frame 3 received after series_end" not in caplog.text
+    # one warning per streak of stray frames, the rest at debug level
+    assert [severity for severity, _ in told(tracker)] == ["warning", "debug"]
 
 
 def test_frame_before_any_header(stream):
@@ -243,8 +271,10 @@ def test_frame_before_any_header(stream):
     assert len(errors) == 1
     (anomaly,) = decoder.tracker.anomalies
     assert anomaly.message == (
-        "frame 4 received before any header: not attributed to any series"
+        "frame 4 received before any header: not attributed to any series "
+        "(further such frames are counted, not logged)"
     )
+    assert errors[0].where == "before any header"
 
 
 def test_new_header_after_series_end_is_not_an_anomaly(stream):
@@ -256,39 +286,30 @@ def test_new_header_after_series_end_is_not_an_anomaly(stream):
 
 
 # -- the tracker on its own ----------------------------------------------------
-def test_tracker_check_frame_returns_the_series():
+def test_tracker_verdicts_name_the_series():
     tracker = SeriesTracker()
-    assert tracker.check_frame(0) is None
+    assert tracker.track(0).kind == "stray"
     state = tracker.on_header("a.h5")
     assert state.filename == "a.h5"
-    assert tracker.check_frame(0) is state
+    assert tracker.track(0) == Arrival("next", 0)
+    assert tracker.track(3) == Arrival("next", 0, gap=(1, 3))
+    assert tracker.track(3) == Arrival("repeat", 0)
+    assert tracker.track(2) == Arrival("late", 0)
     tracker.on_series_end()
-    assert tracker.check_frame(1) is None
-
-
-def test_tracker_uses_the_logger_it_is_given(caplog):
-    logger = logging.getLogger("tests.protocol.custom")
-    tracker = SeriesTracker(logger=logger)
-    with caplog.at_level(logging.INFO, logger="tests.protocol.custom"):
-        tracker.on_series_end()
-    (record,) = caplog.records
-    assert record.name == "tests.protocol.custom"
+    assert tracker.track(1) == Arrival("stray", None)
 
 
 def test_kept_anomalies_are_bounded_but_counts_are_complete():
-    logger = logging.getLogger("tests.protocol.silent")
-    logger.disabled = True
-    try:
-        tracker = SeriesTracker(logger=logger)
-        tracker.on_header(None)
-        tracker.check_frame(0)
-        for _ in range(10_005):
-            tracker.check_frame(0)
-    finally:
-        logger.disabled = False
+    tracker = SeriesTracker()
+    tracker.on_header(None)
+    tracker.track(0)
+    for _ in range(10_005):
+        tracker.track(0)
     assert tracker.counts["repeated"] == 10_005
+    assert tracker.series[0].counts["repeated"] == 10_005
     assert len(tracker.anomalies) == 10_000
-    assert len(tracker.series[0].repeated_frames) == 10_005
+    assert len(tracker.drain()) == 10_000  # the queue for the caller too
+    assert len(tracker.series[0].repeated_frames) == MAX_EXAMPLES
 
 
 def test_anomaly_is_immutable():
@@ -297,39 +318,41 @@ def test_anomaly_is_immutable():
         anomaly.kind = "repeated"  # type: ignore[misc]
 
 
-def test_tracker_survives_a_huge_frame_number(caplog):
+def test_tracker_survives_a_huge_frame_number():
     tracker = SeriesTracker()
     tracker.on_header(None)
-    tracker.check_frame(0)
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
-        assert tracker.check_frame(2**63 + 5) is tracker.series[0]
-        assert tracker.check_frame(10**30) is tracker.series[0]
+    tracker.track(0)
+    assert tracker.track(2**63 + 5).series == 0
+    assert tracker.track(10**30).series == 0
     state = tracker.series[0]
-    assert state.pending_missing == set()
-    assert state.unlisted_missing == 10**30 - 2
     assert state.missing_count == 10**30 - 2
     assert state.highest_frame == 10**30
     assert (
-        f"series 0: frames 1-{2**63 + 4} not received before frame {2**63 + 5}"
-        in caplog.text
-    )
+        "warning",
+        f"series 0: frames 1-{2**63 + 4} not received before frame {2**63 + 5}",
+    ) in told(tracker)
     tracker.finish()
     (missing,) = anomalies(tracker, "missing")
-    assert missing.frames == ()
+    assert len(missing.frames) == MAX_ANOMALY_FRAMES  # examples, not the gap
+    assert missing.frames[:2] == (1, 2)
+    assert missing.count == 10**30 - 2
     assert missing.message == (
-        f"series 0: {10**30 - 2} frame(s) never received: {10**30 - 2} "
-        "(too many to list)"
+        f"series 0: {10**30 - 2} frame(s) never received: 1-{2**63 + 4}, "
+        f"{2**63 + 6}-{10**30 - 1}"
     )
     assert tracker.counts["missing"] == 10**30 - 2
 
 
 def test_tracker_handles_a_big_gap_without_listing_it():
-    tracker = SeriesTracker(logger=logging.getLogger("tests.protocol.gap"))
+    tracker = SeriesTracker()
     tracker.on_header(None)
-    tracker.check_frame(0)
-    tracker.check_frame(2**40)
-    assert tracker.series[0].highest_frame == 2**40
-    assert tracker.series[0].pending_missing == set()  # too big to list
+    tracker.track(0)
+    assert tracker.track(2**40) == Arrival("next", 0, gap=(1, 2**40))
+    state = tracker.series[0]
+    assert state.highest_frame == 2**40
+    assert state.seen.intervals == [(0, 1), (2**40, 2**40 + 1)]
+    assert state.missing_count == 2**40 - 1
+    assert len(state.missing_frames) == MAX_EXAMPLES
 
 
 # -- format_ranges -------------------------------------------------------------
@@ -374,81 +397,80 @@ def test_format_ranges_small_limits():
 
 
 # -- bounded gap bookkeeping -----------------------------------------------------
-def test_garbled_gaps_keep_memory_bounded(caplog):
+def test_garbled_gaps_keep_memory_bounded():
     """Frames 0, 1e6, 2e6, ...: nothing is materialised per missing frame."""
     import tracemalloc
-
-    from ophyd_xspress.protocol._series import MAX_PENDING_MISSING
 
     tracker = SeriesTracker()
     tracker.on_header(None)
     tracemalloc.start()
     try:
-        with caplog.at_level(logging.WARNING, logger=LOGGER):
-            for k in range(300):
-                tracker.check_frame(k * 1_000_000)
+        for k in range(300):
+            tracker.track(k * 1_000_000)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     state = tracker.series[0]
-    assert len(state.pending_missing) <= MAX_PENDING_MISSING
-    assert state.pending_missing == set()  # every gap was too big to list
-    assert state.unlisted_missing == 299 * 999_999
+    assert state.missing_count == 299 * 999_999
+    assert len(state.seen.intervals) == 300
     assert peak < 2 * 1024 * 1024
     assert (
-        "series 0: frames 1000001-1999999 not received before frame 2000000 "
-        "(999999 frames, too many to list: counted only, 1999998 unlisted so far)"
-    ) in caplog.text
+        "warning",
+        "series 0: frames 1000001-1999999 not received before frame 2000000",
+    ) in told(tracker)
 
 
-def test_listed_gaps_stop_at_the_cap_and_the_rest_are_counted(monkeypatch):
-    from ophyd_xspress.protocol import _series
-
-    monkeypatch.setattr(_series, "MAX_PENDING_MISSING", 10)
-    tracker = SeriesTracker(logger=logging.getLogger("tests.protocol.cap"))
+def test_many_gaps_are_counted_exactly_and_listed_in_short():
+    tracker = SeriesTracker()
     tracker.on_header(None)
-    for frame in (0, 5, 11, 30, 32):  # gaps: 1-4 (listed), 6-10 (listed), 12-29
-        tracker.check_frame(frame)
+    for frame in (0, 5, 11, 30, 32):  # gaps: 1-4, 6-10, 12-29, 31
+        tracker.track(frame)
     state = tracker.series[0]
-    assert state.missing_frames == [1, 2, 3, 4, 6, 7, 8, 9, 10, 31]
-    assert state.unlisted_missing == 18  # 12-29: did not fit, counted
-    # Late frames: listed ones leave the list, unlisted ones the count.
-    tracker.check_frame(3)
-    tracker.check_frame(20)
-    tracker.check_frame(20)  # a repeat of a late frame: not counted twice
-    assert state.unlisted_missing == 17
-    assert 3 not in state.missing_frames
-    assert state.missing_count == 9 + 17
+    assert state.missing_count == 4 + 5 + 18 + 1
+    assert state.missing_intervals() == [(1, 5), (6, 11), (12, 30), (31, 32)]
+    # late frames leave the gaps; a repeat of a late frame is not counted twice
+    tracker.track(3)
+    tracker.track(20)
+    tracker.track(20)
+    assert state.missing_count == 26
     assert state.repeated_frames == [20]
     assert state.out_of_order_frames == [3, 20]
     tracker.finish()
     (missing,) = anomalies(tracker, "missing")
-    assert missing.frames == (1, 2, 4, 6, 7, 8, 9, 10, 31)
+    assert missing.count == 26
     assert missing.message == (
-        "series 0: 26 frame(s) never received: 1-2, 4, 6-10, 31 and 17 more "
-        "(not listed)"
+        "series 0: 26 frame(s) never received: 1-2, 4, 6-10, 12-19, 21-29, 31"
     )
     assert tracker.counts["missing"] == 26
     assert state.counts["missing"] == 26
+    assert state.missing_frames[:4] == [1, 2, 4, 6]
 
 
 def test_malformed_message_is_an_anomaly_kind():
-    tracker = SeriesTracker(logger=logging.getLogger("tests.protocol.kind"))
+    tracker = SeriesTracker()
     anomaly = tracker.report("malformed_message", "two parts")
     assert anomaly.kind == "malformed_message"
     assert tracker.counts["malformed_message"] == 1
+    assert tracker.drain() == [anomaly]
 
 
-def test_stray_streak_is_summed_up_at_the_next_header(stream, caplog):
+def test_stray_streak_is_summed_up_at_the_next_header(stream):
     decoder = StreamDecoder()
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
-        _, errors = stream(decoder, [5, 6, 7, "header", 0])
+    _, errors = stream(decoder, [5, 6, 7, "header", 0])
     assert [e.frame.frame for e in errors] == [5, 6, 7]
     assert decoder.tracker.counts["frame_outside_series"] == 3
-    assert "3 frames outside any series were not attributed (frames 5-7)" in (
-        caplog.text
+    assert told(decoder.tracker)[-1] == (
+        "warning",
+        "3 frames outside any series were not attributed (frames 5-7)",
     )
     assert decoder.tracker.series[0].frames_received == 1
+
+
+def test_format_intervals_never_lists_frames():
+    assert format_intervals([(1, 3), (7, 8)]) == "1-2, 7"
+    assert format_intervals([(0, 2**62)]) == f"0-{2**62 - 1}"
+    many = [(k, k + 1) for k in range(0, 100, 2)]
+    assert format_intervals(many, limit=4) == "0, 2, ..., 96, 98"
 
 
 @given(st.lists(st.integers(min_value=0, max_value=60), max_size=80))
@@ -481,8 +503,8 @@ def test_tracker_forgets_old_series_but_keeps_counting() -> None:
     tracker = SeriesTracker()
     for _ in range(MAX_KEPT_SERIES + 10):
         tracker.on_header(None)
-        tracker.check_frame(0)
-        tracker.check_frame(2)  # frame 1 missing
+        tracker.track(0)
+        tracker.track(2)  # frame 1 missing
         tracker.on_series_end()
     assert len(tracker.series) == MAX_KEPT_SERIES
     assert tracker.series[-1].index == MAX_KEPT_SERIES + 9
@@ -491,3 +513,22 @@ def test_tracker_forgets_old_series_but_keeps_counting() -> None:
     # a closed series keeps its counts, not its per-frame bookkeeping
     assert tracker.series[0].seen.intervals == []
     assert tracker.series[0].missing_frames == [1]
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(min_value=0, max_value=50), st.integers(0, 8)),
+        max_size=30,
+    )
+)
+def test_frame_set_add_range_matches_a_set(ranges: list[tuple[int, int]]) -> None:
+    seen = FrameSet()
+    reference: set[int] = set()
+    for start, count in ranges:
+        seen.add_range(start, start + count)
+        reference.update(range(start, start + count))
+        assert len(seen) == len(reference)
+    assert all((k in seen) == (k in reference) for k in range(-1, 62))
+    intervals = seen.intervals
+    assert all(a < b for a, b in intervals)
+    assert all(b1 < a2 for (_, b1), (a2, _) in itertools.pairwise(intervals))

@@ -3,16 +3,9 @@
 Imports no zmq, asyncio or ophyd: bytes in, typed packets out (and back).
 """
 
-from ._decoder import (
-    MAX_BINS,
-    MAX_CHANNELS,
-    MAX_FRAME_BYTES,
-    Packet,
-    StreamDecoder,
-    parse_json_part,
-    validate_image,
-)
+from ._decoder import Packet, StreamDecoder
 from ._encoder import Message, StreamEncoder, make_frame
+from ._energy import Calibration
 from ._errors import (
     BufferLengthError,
     InvalidJSONError,
@@ -24,7 +17,15 @@ from ._errors import (
     UnsafeMetadataError,
     UnsupportedEncodingError,
 )
-from ._frame import Frame, Framing
+from ._frame import Frame, Framing, StrayFrame
+from ._image import (
+    MAX_BINS,
+    MAX_CHANNELS,
+    MAX_FRAME_BYTES,
+    parse_json_part,
+    validate_image,
+)
+from ._intervals import FrameSet, format_intervals, format_ranges
 from ._metadata import (
     MAX_METADATA_BYTES,
     FrameMetadata,
@@ -48,40 +49,66 @@ from ._physics import (
     CLOCK_HZ,
     DeadTime,
     DeadTimeWarning,
+    Derived,
     correct,
     dead_time,
     dead_time_from_scalers,
+    derive,
     roi_sums,
     stream_ocr_as_rate,
+)
+from ._rows import (
+    DEFER,
+    ActiveRows,
+    Defer,
+    Drop,
+    DropReason,
+    Incomplete,
+    PassiveRows,
+    PassiveSeries,
+    Placement,
+    Restarted,
+    RunFailure,
+    RunRows,
+    Take,
 )
 from ._series import (
     Anomaly,
     AnomalyKind,
-    FrameSet,
+    Arrival,
     SeriesState,
     SeriesTracker,
-    format_ranges,
+    Severity,
 )
 
 __all__ = [
     "CLOCK_HZ",
     "DEFAULT_SCALER_NAMES",
+    "DEFER",
     "MAX_BINS",
     "MAX_CHANNELS",
     "MAX_FRAME_BYTES",
     "MAX_FRAME_NUMBER",
     "MAX_METADATA_BYTES",
+    "ActiveRows",
     "Anomaly",
     "AnomalyKind",
+    "Arrival",
     "BufferLengthError",
+    "Calibration",
     "DeadTime",
     "DeadTimeWarning",
+    "Defer",
+    "Derived",
+    "Drop",
+    "DropReason",
     "Frame",
     "FrameMetadata",
     "FrameSet",
     "Framing",
     "HeaderMessage",
     "ImageMessage",
+    "Incomplete",
     "InvalidJSONError",
     "JsonMessage",
     "Message",
@@ -91,15 +118,24 @@ __all__ = [
     "MissingPartError",
     "OutOfSeriesError",
     "Packet",
+    "PassiveRows",
+    "PassiveSeries",
+    "Placement",
     "ProtocolError",
+    "Restarted",
     "RoiWindow",
     "RoiWindows",
+    "RunFailure",
+    "RunRows",
     "SeriesEndMessage",
     "SeriesState",
     "SeriesTracker",
+    "Severity",
     "ShapeTooLargeError",
+    "StrayFrame",
     "StreamDecoder",
     "StreamEncoder",
+    "Take",
     "UnknownHtypeError",
     "UnsafeMetadataError",
     "UnsupportedEncodingError",
@@ -107,7 +143,9 @@ __all__ = [
     "dead_time",
     "dead_time_from_scalers",
     "decode_metadata",
+    "derive",
     "encode_metadata",
+    "format_intervals",
     "format_ranges",
     "make_frame",
     "parse_json_part",

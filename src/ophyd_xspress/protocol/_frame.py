@@ -10,8 +10,9 @@ import numpy as np
 import numpy.typing as npt
 
 from ._models import DEFAULT_SCALER_NAMES, ImageMessage
+from ._series import Arrival
 
-__all__ = ["Frame", "Framing"]
+__all__ = ["Frame", "Framing", "StrayFrame"]
 
 Framing = Literal["legacy", "multipart"]
 
@@ -42,6 +43,9 @@ class Frame:
     spectra: npt.NDArray[Any]
     metadata: Mapping[str, npt.NDArray[Any]]
     framing: Framing = "multipart"
+    #: The series tracker's verdict (series index, next / late / repeat), set
+    #: by the decoder; None for a frame built by hand. Not part of equality.
+    arrival: Arrival | None = None
 
     @property
     def frame(self) -> int:
@@ -102,3 +106,18 @@ class Frame:
         )
 
     __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class StrayFrame:
+    """A frame that arrived outside any series: before the first header (a
+    consumer that joined a running stream, or another consumer took the
+    header), or after ``series_end``. Its data are intact but no series (and so
+    no run) can place it; ``where`` says which case it was."""
+
+    frame: Frame
+    where: str
+
+    @property
+    def number(self) -> int:
+        return self.frame.frame

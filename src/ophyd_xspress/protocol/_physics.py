@@ -194,17 +194,7 @@ def roi_sums(spectra: npt.ArrayLike, windows: npt.ArrayLike) -> npt.NDArray[Any]
     hi = w[..., 1].astype(np.intp) + 1
     kind = s.dtype.kind
     if kind in "fc":
-        # Exact slice sums: a running sum would turn inf - inf into NaN and lose
-        # precision. (Floating-point spectra are rare: the device sends uint32.)
-        acc = np.complex128 if kind == "c" else np.float64
-        out_f = np.zeros((*s.shape[:-1], lo.shape[-1]), dtype=acc)
-        with np.errstate(invalid="ignore", over="ignore"):
-            for c in range(channels):
-                for r in range(lo.shape[-1]):
-                    out_f[..., c, r] = s[..., c, lo[c, r] : hi[c, r]].sum(
-                        axis=-1, dtype=acc
-                    )
-        return out_f
+        return _float_window_sums(s, lo, hi)
     acc = np.int64 if kind == "i" else np.uint64
     n_windows = channels * lo.shape[-1]
     if n_windows <= 256:
@@ -293,6 +283,21 @@ def derive(
         return Derived(dt, None, None)
     raw = roi_sums(spectra, windows)
     return Derived(dt, raw, correct(raw, dt.dtc))
+
+
+def _float_window_sums(
+    s: npt.NDArray[Any], lo: npt.NDArray[np.intp], hi: npt.NDArray[np.intp]
+) -> npt.NDArray[Any]:
+    """Window sums of floating-point spectra, exact per slice: a running sum
+    would turn inf - inf into NaN and lose precision. (Floating-point spectra
+    are rare: the device sends uint32.)"""
+    acc = np.complex128 if s.dtype.kind == "c" else np.float64
+    out = np.zeros((*s.shape[:-1], lo.shape[-1]), dtype=acc)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for c in range(lo.shape[0]):
+            for r in range(lo.shape[-1]):
+                out[..., c, r] = s[..., c, lo[c, r] : hi[c, r]].sum(axis=-1, dtype=acc)
+    return out
 
 
 def stream_ocr_as_rate(output_count_rate: npt.ArrayLike) -> F64:

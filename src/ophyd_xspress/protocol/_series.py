@@ -1,33 +1,56 @@
-"""Series bookkeeping: which frames arrived, which did not, and what was odd.
+"""Series bookkeeping: which frames of each series arrived, and what was odd.
 
-:class:`SeriesTracker` is fed the packets a :class:`StreamDecoder` assembles and
-records, per series, the frames received and every anomaly: missing, repeated
-and out-of-order frame numbers, a ``header`` before ``series_end``, a second
-``series_end``, packets outside any series and resynchronisations of the old
-framing. Each anomaly is counted and logged once, with its frame numbers.
+Theory of operation
+-------------------
+A *series* is what one ``Arm`` of the detector sends: ``header``, frames
+numbered from 0, ``series_end``. :class:`SeriesTracker` is told every packet the
+decoder assembles (:meth:`~SeriesTracker.on_header`,
+:meth:`~SeriesTracker.track`, :meth:`~SeriesTracker.on_series_end`) and owns
+every per-series fact:
+
+* each frame gets an :class:`Arrival` verdict: ``next`` (beyond every frame so
+  far; ``gap`` names the frames it skipped), ``late`` (fills an earlier gap),
+  ``repeat`` (its number was seen in this series) or ``stray`` (no series is
+  open: before any header, or after ``series_end``);
+* every anomaly becomes one :class:`Anomaly` record, counted in
+  :attr:`SeriesTracker.counts` and queued for the caller, who takes them with
+  :meth:`SeriesTracker.drain` and reports each one once (the transport logs
+  them, ``inspect`` prints them). Nothing here logs or does I/O.
+
+Frame numbers are kept as intervals (:class:`FrameSet`): memory grows with the
+number of gaps, never with the size of one. A frame numbered 2**31 after frame
+0 is one gap of 2**31 - 1 frames, counted exactly and listed by its bounds.
+Lists of frame numbers kept for people (in anomalies, per series) are bounded
+examples; counts are always complete.
 """
 
 from __future__ import annotations
 
-import logging
-from bisect import bisect_right
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from ._intervals import (
+    FrameSet,
+    examples,
+    format_intervals,
+    format_ranges,
+    plural,
+    span,
+)
+
 __all__ = [
     "Anomaly",
     "AnomalyKind",
-    "FrameSet",
+    "Arrival",
     "SeriesState",
     "SeriesTracker",
-    "format_ranges",
+    "Severity",
 ]
-
-log = logging.getLogger("ophyd_xspress.protocol")
 
 AnomalyKind = Literal[
     "missing",
+    "gap",
     "repeated",
     "out_of_order",
     "header_before_series_end",
@@ -38,140 +61,53 @@ AnomalyKind = Literal[
     "bad_frame",
     "malformed_message",
 ]
+#: How loudly a caller should report an anomaly.
+Severity = Literal["warning", "info", "debug"]
 
 #: Anomalies kept in detail per tracker (counts are always complete).
 MAX_KEPT_ANOMALIES: Final = 10_000
-#: Missing frame numbers listed per series; beyond, gaps are only counted (a
-#: garbled frame number must not make the tracker materialise a huge range).
-MAX_PENDING_MISSING: Final = 100_000
+#: Frame numbers kept as examples per series and kind, and per run.
+MAX_EXAMPLES: Final = 1_000
+#: Frame numbers one anomaly lists (up to MAX_KEPT_ANOMALIES are kept).
+MAX_ANOMALY_FRAMES: Final = 100
 #: Finished series kept for inspection by a long-lived tracker; older ones are
 #: forgotten (their anomalies stay counted in :attr:`SeriesTracker.counts`).
 MAX_KEPT_SERIES: Final = 256
 
 
-def _plural(n: int) -> str:
-    return f"{n} frame" if n == 1 else f"{n} frames"
-
-
-def _span(start: int, stop: int) -> str:
-    """The inclusive range ``start..stop`` as ``"a"`` or ``"a-b"``."""
-    return f"{start}" if start == stop else f"{start}-{stop}"
-
-
-def format_ranges(frames: list[int] | tuple[int, ...], limit: int = 12) -> str:
-    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``; long lists are elided.
-
-    At most ``limit`` ranges are shown (the first and last halves, ``...``
-    between); ``limit <= 0`` gives just the count, e.g. ``"4 frames"``.
-    """
-    if not frames:
-        return ""
-    values = sorted(set(frames))
-    if limit <= 0:
-        return _plural(len(values))
-    parts: list[str] = []
-    start = prev = values[0]
-    for v in values[1:]:
-        if v == prev + 1:
-            prev = v
-            continue
-        parts.append(f"{start}-{prev}" if prev != start else f"{start}")
-        start = prev = v
-    parts.append(f"{start}-{prev}" if prev != start else f"{start}")
-    if len(parts) > limit:
-        head = limit // 2
-        tail = limit - head
-        parts = [*parts[:head], "...", *parts[-tail:]]
-    return ", ".join(parts)
-
-
 @dataclass(frozen=True, slots=True)
 class Anomaly:
-    """Something unexpected in the stream, with the facts."""
+    """Something unexpected in the stream, with the facts.
+
+    ``frames`` lists examples (at most :data:`MAX_ANOMALY_FRAMES`); ``count`` is how
+    many frames (or events) it is about, and what it adds to the counts.
+    """
 
     kind: AnomalyKind
     series: int | None
     frames: tuple[int, ...]
     message: str
+    count: int = 1
+    severity: Severity = "warning"
 
 
-class FrameSet:
-    """The frame numbers received, as disjoint half-open intervals.
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """The tracker's verdict on one frame.
 
-    Memory grows with the number of gaps, not of frames: an in-order series of
-    a million frames is one interval. Adding the next frame in order is O(1);
-    any other add or lookup is a binary search; ``len()`` is O(1).
+    ``series`` is the index of the series it belongs to (None for a stray);
+    ``gap`` the half-open interval of frame numbers skipped just before a
+    ``next`` frame, if any.
     """
 
-    __slots__ = ("_count", "_starts", "_stops")
+    kind: Literal["next", "late", "repeat", "stray"]
+    series: int | None
+    gap: tuple[int, int] | None = None
 
-    def __init__(self) -> None:
-        self._starts: list[int] = []
-        self._stops: list[int] = []
-        self._count = 0
 
-    def __contains__(self, frame: int) -> bool:
-        i = bisect_right(self._starts, frame) - 1
-        return i >= 0 and frame < self._stops[i]
-
-    def __len__(self) -> int:
-        return self._count
-
-    @property
-    def intervals(self) -> list[tuple[int, int]]:
-        """The received frames as ``(start, stop)`` half-open intervals."""
-        return list(zip(self._starts, self._stops, strict=True))
-
-    def add(self, frame: int) -> None:
-        starts, stops = self._starts, self._stops
-        if stops and stops[-1] == frame:  # the next frame in order
-            stops[-1] = frame + 1
-            self._count += 1
-            return
-        i = bisect_right(starts, frame) - 1
-        if i >= 0 and frame < stops[i]:
-            return
-        self._count += 1
-        joins_left = i >= 0 and stops[i] == frame
-        joins_right = i + 1 < len(starts) and starts[i + 1] == frame + 1
-        if joins_left and joins_right:
-            stops[i] = stops[i + 1]
-            del starts[i + 1], stops[i + 1]
-        elif joins_left:
-            stops[i] = frame + 1
-        elif joins_right:
-            starts[i + 1] = frame
-        else:
-            starts.insert(i + 1, frame)
-            stops.insert(i + 1, frame + 1)
-
-    def prefix(self) -> int:
-        """``n`` such that frames ``0 .. n-1`` were all received."""
-        if self._starts and self._starts[0] <= 0:
-            return max(0, self._stops[0])
-        return 0
-
-    def gaps(self, stop: int, limit: int | None = None) -> list[int]:
-        """The frames in ``0 .. stop-1`` not received (at most ``limit``)."""
-        out: list[int] = []
-        expect = 0
-        for a, b in zip(self._starts, self._stops, strict=True):
-            if a >= stop:
-                break
-            if a > expect:
-                out.extend(range(expect, a))
-                if limit is not None and len(out) >= limit:
-                    return out[:limit]
-            expect = max(expect, b)
-        if expect < stop:
-            top = stop if limit is None else min(stop, expect + limit - len(out))
-            out.extend(range(expect, top))
-        return out if limit is None else out[:limit]
-
-    def clear(self) -> None:
-        self._starts.clear()
-        self._stops.clear()
-        self._count = 0
+def _keep(examples_list: list[int], frame: int) -> None:
+    if len(examples_list) < MAX_EXAMPLES:
+        examples_list.append(frame)
 
 
 @dataclass
@@ -188,39 +124,47 @@ class SeriesState:
     #: Frame numbers received (cleared when the series closes: later frames
     #: are strays, never checked against it).
     seen: FrameSet = field(default_factory=FrameSet)
-    #: Missing frame numbers, listed (at most :data:`MAX_PENDING_MISSING`).
-    pending_missing: set[int] = field(default_factory=set)
-    #: Missing frames beyond the listed ones: counted, not listed.
-    unlisted_missing: int = 0
     counts: Counter[str] = field(default_factory=Counter)
+    #: Examples (at most :data:`MAX_EXAMPLES` each; ``counts`` has them all).
     repeated_frames: list[int] = field(default_factory=list)
     out_of_order_frames: list[int] = field(default_factory=list)
-
-    @property
-    def missing_frames(self) -> list[int]:
-        """The listed missing frames (see :attr:`missing_count` for all)."""
-        return sorted(self.pending_missing)
+    #: Missing frames when the series closed: examples and the exact count.
+    _closed_missing: tuple[list[int], int] | None = None
 
     @property
     def missing_count(self) -> int:
-        """How many frames are missing so far, listed or not."""
-        return len(self.pending_missing) + self.unlisted_missing
+        """How many frames below the highest one are missing (so far)."""
+        if self._closed_missing is not None:
+            return self._closed_missing[1]
+        return self.highest_frame + 1 - len(self.seen)
+
+    @property
+    def missing_frames(self) -> list[int]:
+        """The missing frames (the first :data:`MAX_EXAMPLES` of them)."""
+        if self._closed_missing is not None:
+            return list(self._closed_missing[0])
+        return self.seen.gaps(self.highest_frame + 1, MAX_EXAMPLES)
+
+    def missing_intervals(self) -> list[tuple[int, int]]:
+        """Half-open intervals of missing frames (open series only)."""
+        return list(self.seen.gap_intervals(self.highest_frame + 1))
 
 
 class SeriesTracker:
-    """Checks frame numbers and series structure; counts and logs anomalies."""
+    """Per-series frame bookkeeping; returns verdicts and queues anomalies."""
 
-    def __init__(self, logger: logging.Logger | None = None) -> None:
-        self.log = logger or log
+    def __init__(self) -> None:
         #: The most recent series (at most :data:`MAX_KEPT_SERIES`).
         self.series: deque[SeriesState] = deque(maxlen=MAX_KEPT_SERIES)
         #: How many series have started (the next series' index).
         self.series_started = 0
         self.current: SeriesState | None = None
         self.counts: Counter[str] = Counter()
-        self._stray_streak: list[int] = []
-        self._stray_count = 0
+        #: The most recent anomalies (at most :data:`MAX_KEPT_ANOMALIES`).
         self.anomalies: deque[Anomaly] = deque(maxlen=MAX_KEPT_ANOMALIES)
+        self._fresh: deque[Anomaly] = deque(maxlen=MAX_KEPT_ANOMALIES)
+        self._stray_examples: list[int] = []
+        self._stray_count = 0
 
     # -- reporting -----------------------------------------------------------
     def report(
@@ -229,40 +173,51 @@ class SeriesTracker:
         message: str,
         frames: tuple[int, ...] = (),
         series: SeriesState | None = None,
-        level: int = logging.WARNING,
+        *,
         count: int | None = None,
-        note: str = "",
+        severity: Severity = "warning",
     ) -> Anomaly:
-        """Record, count and log one anomaly.
+        """Record and count one anomaly and queue it for :meth:`drain`.
 
         ``count`` is how much it adds to the counts (default: the number of
-        ``frames`` for ``missing``, else 1).
+        ``frames`` for ``missing``, else 1; 0 for a notice that repeats facts
+        counted elsewhere, such as a gap later counted as missing).
         """
         target = series if series is not None else self.current
+        if count is None:
+            count = max(1, len(frames)) if kind == "missing" else 1
         anomaly = Anomaly(
             kind=kind,
             series=target.index if target is not None else None,
-            frames=frames,
+            frames=frames[:MAX_ANOMALY_FRAMES],
             message=message,
+            count=count,
+            severity=severity,
         )
-        if count is None:
-            count = max(1, len(frames)) if kind == "missing" else 1
-        self.counts[kind] += count
-        if target is not None:
-            target.counts[kind] += count
+        if count:
+            self.counts[kind] += count
+            if target is not None:
+                target.counts[kind] += count
         self.anomalies.append(anomaly)
-        self.log.log(level, "%s%s", message, note)
+        self._fresh.append(anomaly)
         return anomaly
+
+    def drain(self) -> list[Anomaly]:
+        """The anomalies recorded since the last call (each returned once)."""
+        fresh = list(self._fresh)
+        self._fresh.clear()
+        return fresh
 
     # -- events --------------------------------------------------------------
     def _end_stray_streak(self) -> None:
-        streak, self._stray_streak = self._stray_streak, []
         count, self._stray_count = self._stray_count, 0
+        seen, self._stray_examples = self._stray_examples, []
         if count > 1:
-            self.log.warning(
-                "%s outside any series were not attributed (frames %s)",
-                _plural(count),
-                format_ranges(streak),
+            self.report(
+                "frame_outside_series",
+                f"{plural(count)} outside any series were not attributed "
+                f"(frames {format_ranges(seen)})",
+                count=0,
             )
 
     def on_header(self, filename: str | None) -> SeriesState:
@@ -297,51 +252,31 @@ class SeriesTracker:
                 "duplicate_series_end",
                 f"series {cur.index}: series_end received {cur.end_count} times",
                 series=cur,
-                level=logging.INFO,
+                severity="info",
             )
             return
         cur.ended = True
         self._close(cur)
 
-    def check_frame(self, frame: int) -> SeriesState | None:
-        """Record frame number ``frame``; return its series, or None if stray."""
+    def track(self, frame: int) -> Arrival:
+        """Record frame number ``frame`` and return the verdict on it."""
         cur = self.current
-        if cur is None or cur.ended or cur.closed:
-            where = (
-                "before any header"
-                if cur is None
-                else f"after series_end of series {cur.index}"
-            )
-            # Log the first stray of a streak; the rest are counted and summed
-            # up when the next header arrives (a monitor joining a running
-            # stream would otherwise log every frame).
-            self._stray_count += 1
-            if len(self._stray_streak) < 10_000:
-                self._stray_streak.append(frame)
-            first = self._stray_count == 1
-            self.report(
-                "frame_outside_series",
-                f"frame {frame} received {where}: not attributed to any series",
-                note=" (further such frames are counted, not logged)" if first else "",
-                frames=(frame,),
-                level=logging.WARNING if first else logging.DEBUG,
-            )
-            return None
+        if cur is None or cur.closed:
+            self._stray(frame, cur)
+            return Arrival("stray", None)
+        kind: Literal["next", "late", "repeat"] = "next"
+        gap: tuple[int, int] | None = None
         if frame in cur.seen:
-            cur.repeated_frames.append(frame)
+            kind = "repeat"
+            _keep(cur.repeated_frames, frame)
             self.report(
                 "repeated",
                 f"series {cur.index}: frame {frame} received again",
                 frames=(frame,),
             )
         elif frame < cur.highest_frame:
-            # Every frame below the highest that was not seen is missing: listed,
-            # or one of the unlisted ones.
-            if frame in cur.pending_missing:
-                cur.pending_missing.discard(frame)
-            elif cur.unlisted_missing > 0:
-                cur.unlisted_missing -= 1
-            cur.out_of_order_frames.append(frame)
+            kind = "late"
+            _keep(cur.out_of_order_frames, frame)
             self.report(
                 "out_of_order",
                 f"series {cur.index}: frame {frame} arrived after frame "
@@ -349,50 +284,55 @@ class SeriesTracker:
                 frames=(frame,),
             )
         elif frame > cur.highest_frame + 1:
-            # Only ints here, never range(): the gap can exceed sys.maxsize.
-            start, stop = cur.highest_frame + 1, frame - 1
-            size = stop - start + 1
-            room = MAX_PENDING_MISSING - len(cur.pending_missing)
-            if size <= room:
-                cur.pending_missing.update(range(start, frame))
-                note = ""
-            else:
-                cur.unlisted_missing += size
-                note = (
-                    f" ({_plural(size)}, too many to list: counted only, "
-                    f"{cur.unlisted_missing} unlisted so far)"
-                )
-            self.log.warning(
-                "series %d: frames %s not received before frame %d%s",
-                cur.index,
-                _span(start, stop),
-                frame,
-                note,
+            gap = (cur.highest_frame + 1, frame)
+            self.report(
+                "gap",
+                f"series {cur.index}: {'frame' if gap[1] - gap[0] == 1 else 'frames'}"
+                f" {span(gap[0], frame - 1)} not received before frame {frame}",
+                frames=tuple(examples([gap], MAX_ANOMALY_FRAMES)),
+                count=0,
             )
-        cur.seen.add(frame)
-        cur.highest_frame = max(cur.highest_frame, frame)
+        if kind != "repeat":
+            cur.seen.add(frame)
+            cur.highest_frame = max(cur.highest_frame, frame)
         cur.frames_received += 1
-        return cur
+        return Arrival(kind, cur.index, gap)
+
+    def _stray(self, frame: int, cur: SeriesState | None) -> None:
+        where = (
+            "before any header"
+            if cur is None
+            else f"after series_end of series {cur.index}"
+        )
+        # The first stray of a streak is reported at warning level, the rest
+        # at debug level, summed up when the next header arrives (a monitor
+        # joining a running stream would otherwise report every frame).
+        self._stray_count += 1
+        _keep(self._stray_examples, frame)
+        first = self._stray_count == 1
+        note = " (further such frames are counted, not logged)" if first else ""
+        self.report(
+            "frame_outside_series",
+            f"frame {frame} received {where}: not attributed to any series{note}",
+            frames=(frame,),
+            severity="warning" if first else "debug",
+        )
 
     def _close(self, state: SeriesState) -> None:
         if state.closed:
             return
+        total = state.missing_count
+        listed = state.missing_frames
+        intervals = state.missing_intervals() if total else []
+        state._closed_missing = (listed, total)
         state.closed = True
         state.seen.clear()
-        total = state.missing_count
         if total:
-            frames = tuple(sorted(state.pending_missing))
-            listed = format_ranges(frames)
-            if state.unlisted_missing:
-                listed = (
-                    f"{listed} and {state.unlisted_missing} more (not listed)"
-                    if listed
-                    else f"{state.unlisted_missing} (too many to list)"
-                )
             self.report(
                 "missing",
-                f"series {state.index}: {total} frame(s) never received: {listed}",
-                frames=frames,
+                f"series {state.index}: {total} frame(s) never received: "
+                f"{format_intervals(intervals)}",
+                frames=tuple(listed),
                 series=state,
                 count=total,
             )
