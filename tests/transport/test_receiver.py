@@ -72,7 +72,13 @@ def test_progress_is_published_only_when_it_moves(stream: Any, tmp_path: Any) ->
     )
     writer.open()
     values, reached = _recorder(300)
-    run = stream.rx.begin(300, writer, active=False, on_progress=values.append)
+    run = stream.rx.begin(
+        300,
+        writer,
+        active=False,
+        durable=writer.durable,
+        on_progress=values.append,
+    )
     stream.send_series(list(range(300)))
     assert run.wait_blocking(TIMEOUT)
     assert reached.wait(TIMEOUT), values[-5:]

@@ -43,6 +43,7 @@ from ophyd_xspress.protocol import (
     encode_metadata,
     make_frame,
 )
+from ophyd_xspress.transport import MAX_PARTS
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -65,6 +66,14 @@ PICKLED_OBJECTS: list[tuple[object, str]] = [
     ([1, 2, 3], r"^metadata element 0 is int, not a numpy array$"),
     ((), r"^frame \d+: metadata has 0 arrays, expected at least 8"),
 ]
+
+
+def too_many_parts(parts: int) -> str | None:
+    """The receiver's text for a message of more parts than the protocol has
+    (refused at the socket, before the decoder), or None."""
+    if parts <= MAX_PARTS:
+        return None
+    return rf"^message \d+ had {parts} parts \(at most {MAX_PARTS} in this protocol\)"
 
 
 @dataclass
@@ -151,7 +160,7 @@ class Garbage:
         zero-copy); the first starts with 0xC0, never UTF-8."""
         parts = [self.junk(1, 20_000, first=0xC0)]
         parts += [self.junk(0, 20_000) for _ in range(self.rng.randint(1, 3))]
-        return Item([parts], [BAD_JSON])
+        return Item([parts], [too_many_parts(len(parts)) or BAD_JSON])
 
     def binary_single(self, k: int) -> Item:
         """A stray binary part outside any frame (legacy: a lost JSON part)."""
@@ -189,7 +198,8 @@ class Garbage:
             f"single-part message: the whole {len(extra) + 1}-part message was "
             f"ignored (the {htype} was not applied)"
         )
-        return Item([[part, *extra]], ["^" + re.escape(text) + "$"])
+        expected = too_many_parts(len(extra) + 1) or "^" + re.escape(text) + "$"
+        return Item([[part, *extra]], [expected])
 
     def wrong_part_count(self, k: int) -> Item:
         head, data, meta = self.parts(k)
@@ -202,7 +212,7 @@ class Garbage:
             ]
         )
         text = f"frame {k}: multipart message has {len(parts)} parts, expected 3"
-        return Item([parts], ["^" + re.escape(text)])
+        return Item([parts], [too_many_parts(len(parts)) or "^" + re.escape(text)])
 
     def wrong_buffer_length(self, k: int) -> Item:
         head, data, meta = self.parts(k)

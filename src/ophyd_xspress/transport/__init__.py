@@ -1,19 +1,53 @@
-"""ZeroMQ transport: receive the detector stream and attribute frames to a run."""
+"""ZeroMQ transport: receive the detector stream and hand each run its frames.
 
-from ._receiver import (
-    FrameSink,
-    RunTracker,
-    StreamConnectError,
-    StreamIncompleteError,
-    StreamReceiver,
-    StreamStalledError,
+``_message`` (one message: a socket with the stream's limits, receiving within
+them, decoding; shared by the receiver and the tools), ``_receiver`` (socket,
+thread, byte-bounded backlog), ``_run`` (one run's progress, completion and
+errors, pushed by events), ``_sink`` (the contract a sink of frames
+implements).
+"""
+
+from ._message import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_RCVHWM,
+    MAX_PARTS,
+    Decoded,
+    Part,
+    Received,
+    decode_message,
+    log_anomalies,
+    open_stream_socket,
+    receive_message,
 )
+from ._receiver import (
+    DEFAULT_BACKLOG_BYTES,
+    DEFAULT_BACKLOG_FRAMES,
+    StreamConnectError,
+    StreamReceiver,
+)
+from ._run import Run, StreamIncompleteError, StreamRestartedError, StreamStalledError
+from ._sink import DurableRows, FrameRefusedError, FrameSink
 
 __all__ = [
+    "DEFAULT_BACKLOG_BYTES",
+    "DEFAULT_BACKLOG_FRAMES",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_RCVHWM",
+    "MAX_PARTS",
+    "Decoded",
+    "DurableRows",
+    "FrameRefusedError",
     "FrameSink",
-    "RunTracker",
+    "Part",
+    "Received",
+    "Run",
     "StreamConnectError",
     "StreamIncompleteError",
     "StreamReceiver",
+    "StreamRestartedError",
     "StreamStalledError",
+    "decode_message",
+    "log_anomalies",
+    "open_stream_socket",
+    "receive_message",
 ]

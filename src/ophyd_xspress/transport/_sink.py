@@ -59,8 +59,7 @@ class DurableRows:
     def add(self, start: int, count: int = 1) -> None:
         """Rows ``start .. start + count - 1`` are on disk."""
         with self._lock:
-            for row in range(start, start + count):
-                self._rows.add(row)
+            self._rows.add_range(start, start + count)
         self._notify()
 
     def fail(self, exc: BaseException) -> None:
