@@ -18,7 +18,7 @@ writer thread writes whole rows with ``os.pwrite`` on its own descriptor:
 HDF5 never reads or writes these chunks itself, so its caches cannot disagree
 with the file, and the file is an ordinary chunked dataset for every reader.
 Chunks allocated later (a dataset grown past its initial length) are not in the
-table: the caller writes those through HDF5.
+table: the writer thread (:mod:`._thread`) writes those through HDF5.
 
 The file has its full size from the start: chunks never written are holes of a
 sparse file (zeros when read, no disk space), so a fly scan stopped early takes

@@ -1,12 +1,14 @@
-"""The HDF5 writer: rows bit-exact whatever order frames arrive in, holes stay
-empty, only flushed rows count as durable, errors surface, memory is pooled.
+"""The HDF5 writer, through its face: rows bit-exact whatever order frames
+arrive in, holes stay empty, only flushed rows count as durable, errors surface,
+memory is pooled.
 
 The spectra of the rows allocated at open go to the file by ``pwrite`` (with
 ``O_DIRECT`` where the file system allows it), the others through HDF5: the
-tests that write a known-length run run in all three ways."""
+tests that write a known-length run run in all three ways (the ``io`` fixture)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -17,69 +19,17 @@ import h5py
 import numpy as np
 import pytest
 
-from ophyd_xspress.hdf5 import GROUP, PREFAULT_BLOCKS, SCALERS, Hdf5FrameWriter
-from ophyd_xspress.protocol import (
-    Frame,
-    StreamDecoder,
-    StreamEncoder,
-    correct,
-    dead_time,
-    make_frame,
-    roi_sums,
-)
+from ophyd_xspress._schema import QUANTITIES
+from ophyd_xspress.hdf5 import GROUP, PREFAULT_BLOCKS, Hdf5FrameWriter, _blocks
+from ophyd_xspress.hdf5._chunk_io import ChunkFile
+from ophyd_xspress.protocol import Frame, derive, make_frame
 from ophyd_xspress.sim import SimulatedXspress3
+from ophyd_xspress.transport import FrameRefusedError
 
 CH, BINS = 4, 4096
 WINDOWS = np.array([[[100, 199], [500, 1500]]] * CH)
-
-
-def sim_frames(n: int, channels: int = CH) -> list[Frame]:
-    """``n`` distinct simulator frames, through the real encoder and decoder."""
-    sim = SimulatedXspress3(channels=channels, pace=False)
-    encoder = StreamEncoder(framing="multipart")
-    decoder = StreamDecoder()
-    decoder.feed(encoder.encode(sim.header())[0])
-    out: list[Frame] = []
-    for i in range(n):
-        t = sim.expected_frame(0, i)
-        frame = make_frame(i, t.spectra, t.metadata, exptime=t.exptime)
-        for message in encoder.encode(frame):
-            out += [p for p in decoder.feed(message) if isinstance(p, Frame)]
-    return out
-
-
-@pytest.fixture(scope="module")
-def frames() -> list[Frame]:
-    return sim_frames(150)
-
-
-def o_direct_works(directory: Path) -> bool:
-    """Whether this file system takes an aligned O_DIRECT write."""
-    if not hasattr(os, "O_DIRECT"):
-        return False
-    import mmap
-
-    probe = directory / "o_direct_probe"
-    try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644)
-        try:
-            os.pwrite(fd, mmap.mmap(-1, 4096), 0)
-        finally:
-            os.close(fd)
-    except OSError:
-        return False
-    finally:
-        probe.unlink(missing_ok=True)
-    return True
-
-
-@pytest.fixture(params=["o_direct", "pwrite", "hdf5"])
-def io(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """How the spectra of the rows allocated at open are written."""
-    mode: str = request.param
-    if mode == "o_direct" and not o_direct_works(tmp_path):
-        pytest.skip(f"no O_DIRECT on the file system of {tmp_path}")
-    return mode
+#: The per-channel columns the stream sends (raw scalers, its own dead-time factor).
+STREAM = [q.dataset for q in QUANTITIES if q.source == "stream" and q.shape == ("C",)]
 
 
 def open_writer(path: Path, io: str | None = None, **kw: Any) -> Hdf5FrameWriter:
@@ -97,7 +47,9 @@ def open_writer(path: Path, io: str | None = None, **kw: Any) -> Hdf5FrameWriter
 
 
 def check_rows(path: Path, frames: dict[int, Frame], rows: int) -> None:
-    """Row r holds frames[r] bit for bit (scalers, derived, ROIs); others empty."""
+    """Row r holds frames[r] bit for bit (stream columns, derived quantities as
+    :func:`derive` gives them for that frame alone, ROIs); other rows are
+    zero in every dataset, frame number -1."""
     with h5py.File(path, "r") as f:
         g = f[GROUP]
         assert g["data"].shape == (rows, CH, BINS)
@@ -107,31 +59,18 @@ def check_rows(path: Path, frames: dict[int, Frame], rows: int) -> None:
             frame = frames.get(r)
             if frame is None:
                 assert fn[r] == -1, r
-                assert not data[r].any(), r
-                for name, _, _ in SCALERS:
-                    assert not g[name][r].any(), (name, r)
+                for name, ds in g.items():
+                    if name != "frame_number":
+                        assert not ds[r].any(), (name, r)
                 continue
             assert fn[r] == frame.frame
             np.testing.assert_array_equal(data[r], frame.spectra, err_msg=str(r))
-            for name, _, _ in SCALERS:
+            for name in STREAM:
                 np.testing.assert_array_equal(g[name][r], frame.metadata[name])
             np.testing.assert_array_equal(g["window_counts"][r], frame.window_counts)
-            m = frame.metadata
-            dt = dead_time(
-                m["all_events"],
-                m["all_good"],
-                m["clock_ticks"],
-                m["reset_ticks"],
-                m["event_width"],
-                warn=False,
-            )
-            np.testing.assert_array_equal(g["live_time"][r], dt.live_time)
-            np.testing.assert_array_equal(g["input_count_rate"][r], dt.icr)
-            np.testing.assert_array_equal(g["output_count_rate"][r], dt.ocr)
-            np.testing.assert_array_equal(g["dead_time_percent"][r], dt.dead_percent)
-            raw = roi_sums(frame.spectra, WINDOWS)
-            np.testing.assert_array_equal(g["roi"][r], raw)
-            np.testing.assert_array_equal(g["roi_corrected"][r], correct(raw, dt.dtc))
+            derived = derive(frame.metadata, frame.spectra, WINDOWS, warn=False)
+            for name, value in derived.columns().items():
+                np.testing.assert_array_equal(g[name][r], value, err_msg=name)
 
 
 def test_in_order_rows_bit_exact_across_blocks(tmp_path: Path, frames, io) -> None:
@@ -146,7 +85,7 @@ def test_in_order_rows_bit_exact_across_blocks(tmp_path: Path, frames, io) -> No
             writer.flush()
     writer.close()
     assert writer.frames_written == 150
-    assert writer.durable.intervals == [(0, 150)]
+    assert writer.durable.prefix() == 150
     if io == "hdf5":
         assert writer.stats.direct_chunks == 9  # rows 0-143 as whole chunks
         assert writer.stats.raw_rows == 0
@@ -256,6 +195,7 @@ def test_writer_error_surfaces_on_the_receiver_side(tmp_path: Path, frames) -> N
     while writer.error is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert isinstance(writer.error, KeyError)
+    assert writer.durable.error is writer.error
     assert errors, "the listener was not told"
     with pytest.raises(KeyError):
         writer.put(21, frames[21])
@@ -263,12 +203,16 @@ def test_writer_error_surfaces_on_the_receiver_side(tmp_path: Path, frames) -> N
     assert 3 not in writer.durable
 
 
-def test_wrong_shape_is_refused(tmp_path: Path, frames) -> None:
+def test_wrong_shape_is_refused(tmp_path: Path, frames, make_frames) -> None:
     writer = open_writer(tmp_path / "g.h5")
-    (other,) = sim_frames(1, channels=2)
-    with pytest.raises(ValueError, match=r"shape \(2, 4096\).*\(4, 4096\)"):
+    (other,) = make_frames(1, channels=2)
+    with pytest.raises(FrameRefusedError, match=r"shape \(2, 4096\).*\(4, 4096\)"):
         writer.put(0, other)
+    assert issubclass(FrameRefusedError, ValueError)  # callers catching ValueError
+    writer.put(0, frames[0])  # the writer itself is fine
     writer.close()
+    assert writer.error is None
+    assert writer.frames_written == 1
     with pytest.raises(RuntimeError, match="after close"):
         writer.put(0, frames[0])
 
@@ -329,7 +273,7 @@ def test_blocks_are_reused_before_new_ones_are_made(tmp_path: Path, frames) -> N
     # needs only the blocks touched at open
     path = tmp_path / "k.h5"
     writer = open_writer(path, expected=150, block_bytes=1, max_blocks=8)
-    assert writer._made == PREFAULT_BLOCKS < 8  # touched at open, in the pool
+    assert writer.stats.blocks_made == PREFAULT_BLOCKS < 8  # touched at open
     for i, frame in enumerate(frames):
         writer.put(i, frame)
         if i % 16 == 15:  # a block handed over: wait until it is on disk
@@ -337,30 +281,33 @@ def test_blocks_are_reused_before_new_ones_are_made(tmp_path: Path, frames) -> N
             while writer.durable.prefix() < i + 1 and time.monotonic() < deadline:
                 time.sleep(0.005)
     writer.close()
-    assert writer._made == PREFAULT_BLOCKS
+    assert writer.stats.blocks_made == PREFAULT_BLOCKS
     assert writer.stats.pool_waits == 0
     check_rows(path, dict(enumerate(frames)), 150)
 
 
 def test_a_failed_spectra_write_surfaces_and_stops_the_run(
-    tmp_path: Path, frames
+    tmp_path: Path, frames, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # the spectra go to disk on their own thread: its error must reach the
     # receiver side like any other, and nothing it did not write counts
+    def disk_full(fd: int, data: Any, offset: int) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
     path = tmp_path / "l.h5"
     writer = open_writer(path, "pwrite", expected=150, block_bytes=1)
-    assert writer._chunks is not None
-    writer._chunks.close()  # its descriptors gone: every pwrite fails
+    monkeypatch.setattr(os, "pwrite", disk_full)
     for i in range(16):
         writer.put(i, frames[i])  # a full block: handed to the writer thread
     deadline = time.monotonic() + 5
     while writer.error is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert isinstance(writer.error, RuntimeError)
-    assert "spectra written after close" in str(writer.error)
-    with pytest.raises(RuntimeError, match="after close"):
+    assert isinstance(writer.error, OSError)
+    assert writer.error.errno == errno.ENOSPC
+    assert writer.durable.error is writer.error
+    with pytest.raises(OSError, match="No space left"):
         writer.put(16, frames[16])
-    writer.close()
+    writer.close()  # already reported: close does not raise it again
     assert writer.frames_written == 0
 
 
@@ -388,3 +335,53 @@ def test_a_run_stopped_early_takes_only_the_space_it_wrote(
     assert st.st_blocks * 512 < spectra / 20
     if io != "hdf5":
         assert st.st_size > spectra
+
+
+def test_durable_rows_are_reported_once_per_flush(tmp_path: Path, frames) -> None:
+    # a subscriber of ``durable`` hears of rows only once they are flushed, in
+    # as few changes as there were flushes (ranges written together coalesce)
+    writer = open_writer(tmp_path / "n.h5", expected=150, block_bytes=1)
+    seen: list[int] = []
+    writer.durable.subscribe(lambda: seen.append(writer.durable.prefix()))
+    for i, frame in enumerate(frames):
+        writer.put(i, frame)
+    writer.close()
+    assert seen == sorted(seen)
+    assert seen[-1] == 150
+    assert len(seen) <= writer.stats.file_flushes < writer.stats.blocks
+
+
+def test_a_stuck_writer_fails_the_run_after_the_stuck_timeout(
+    tmp_path: Path, frames, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the disk stops taking writes: the pool runs dry, the receiver waits for a
+    # free block at most STUCK_TIMEOUT, then the writer fails with a timeout
+    monkeypatch.setattr(_blocks, "STUCK_TIMEOUT", 0.2)
+    stalled = threading.Event()
+    release = threading.Event()
+    write = ChunkFile.write
+
+    def stalled_write(self: ChunkFile, row: int, rows: Any) -> None:
+        stalled.set()
+        release.wait(10)
+        write(self, row, rows)
+
+    monkeypatch.setattr(ChunkFile, "write", stalled_write)
+    writer = open_writer(
+        tmp_path / "o.h5", "pwrite", expected=150, block_bytes=1, max_blocks=2
+    )
+
+    def put_all() -> None:
+        for i, frame in enumerate(frames):
+            writer.put(i, frame)
+
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match="the HDF5 writer wrote nothing for"):
+        put_all()
+    assert stalled.is_set()
+    assert time.monotonic() - t0 < 5
+    assert writer.stats.pool_waits == 1
+    assert isinstance(writer.durable.error, TimeoutError)
+    release.set()
+    writer.close()  # already reported
+    assert writer.frames_written == 0
