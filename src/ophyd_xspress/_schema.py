@@ -22,11 +22,13 @@ __all__ = [
     "GROUP",
     "QUANTITIES",
     "RAW_SCALERS",
+    "SUMMARY_KEYS",
     "Quantity",
     "Source",
     "by_dataset",
     "by_suffix",
     "frame_shape",
+    "markdown_table",
     "quantities",
 ]
 
@@ -188,6 +190,45 @@ QUANTITIES: Final = (
         "the detector's frame counter; -1 in a file row never written",
     ),
 )
+
+
+#: Scalars of step-scan events only (inline readings; hinted for live tables):
+#: ``(key pattern, dtype, units, value)``.
+SUMMARY_KEYS: Final = (
+    ("<roi>", "<f8", "counts", "corrected sum of ROI <roi> over all channels"),
+    ("<roi>-ch<c>", "<f8", "counts", "corrected sum of ROI <roi> in channel c"),
+    ("dead_time-ch<c>", "<f8", "%", "dead time of channel c"),
+    (
+        "anomalies",
+        "<i8",
+        "",
+        "frames missing / repeated / out of order / stale since stage",
+    ),
+)
+
+
+def markdown_table() -> str:
+    """The README's table of data keys (``N`` is the detector's name)."""
+
+    def shape(q: Quantity) -> str:
+        return "(" + ", ".join(q.shape) + ("," if len(q.shape) == 1 else "") + ")"
+
+    rows = [
+        "| key | HDF5 dataset | shape | dtype | units | value |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for q in QUANTITIES:
+        key = f"`{q.key('N')}`"
+        note = " (file only)" if q.dataset == "window_counts" else ""
+        rows.append(
+            f"| {key} | `{q.dataset}` | {shape(q)} | {q.dtype} | {q.units} | "
+            f"{q.description}{note} |"
+        )
+    for pattern, dtype, units, value in SUMMARY_KEYS:
+        rows.append(
+            f"| `N-{pattern}` | (events only) | () | {dtype} | {units} | {value} |"
+        )
+    return "\n".join(rows)
 
 
 def by_dataset(dataset: str) -> Quantity:

@@ -21,6 +21,7 @@ import psutil
 import pytest
 from bluesky.plans import count
 from ophyd_async.core import TriggerInfo
+from tests.helpers import find_in_chain
 
 from ophyd_xspress.device import DetectorFaultError, DeviceStuckError
 from ophyd_xspress.transport import StreamIncompleteError, StreamStalledError
@@ -28,25 +29,6 @@ from ophyd_xspress.transport import StreamIncompleteError, StreamStalledError
 CHANNELS = 4
 BINS = 4096
 GROUP = "/entry/instrument/xspress3"
-
-
-def find_in_chain(exc: BaseException, kind: type[BaseException]) -> BaseException:
-    """The first ``kind`` among ``exc``, its causes and contexts."""
-    seen: set[int] = set()
-    todo = [exc]
-    while todo:
-        e = todo.pop(0)
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, kind):
-            return e
-        if isinstance(e, BaseExceptionGroup):
-            todo.extend(e.exceptions)
-        for nxt in (e.__cause__, e.__context__):
-            if nxt is not None:
-                todo.append(nxt)
-    raise AssertionError(f"no {kind.__name__} in the chain of {exc!r}")
 
 
 def _idle_seconds(message: str) -> float:
@@ -308,7 +290,7 @@ def test_repeated_and_swapped_frames_are_counted_not_shifted(
     assert summary["repeated"] == [8, 8]
     assert summary["out_of_order"] == [12]
     assert xspress.anomalies == {"repeated": 2, "out_of_order": 1}
-    # the receiver names each anomaly and what it did with the frame
+    # the receiver tells each anomaly once, with the endpoint and series
     endpoint = sim.stream_endpoint
     lines = [
         r.getMessage()
@@ -316,9 +298,10 @@ def test_repeated_and_swapped_frames_are_counted_not_shifted(
         if r.name == "ophyd_xspress.transport" and r.levelno == logging.WARNING
     ]
     assert lines == [
-        f"{endpoint}: frame 8 received again; keeping the first copy",
-        f"{endpoint}: frame 8 received again; keeping the first copy",
-        f"{endpoint}: frame 12 arrived after frame 13; written to its own row",
+        f"{endpoint}: series 0: frame 8 received again",
+        f"{endpoint}: series 0: frame 8 received again",
+        f"{endpoint}: series 0: frame 12 not received before frame 13",
+        f"{endpoint}: series 0: frame 12 arrived after frame 13",
     ], lines
     with h5py.File(only_h5(tmp_path), "r") as f:
         g = f[GROUP]

@@ -17,24 +17,19 @@ import numpy as np
 import pytest
 from bluesky.plans import count
 from ophyd_async.core import TriggerInfo
+from tests.helpers import RAW_SCALER_NAMES
 
 CLOCK_HZ = 80e6
 CHANNELS = 4
 BINS = 4096
 GROUP = "/entry/instrument/xspress3"
-SCALERS = (
-    "all_events",
-    "all_good",
-    "clock_ticks",
-    "total_ticks",
-    "reset_ticks",
-    "event_width",
-    "dead_time_correction",
-)
-#: data key suffix -> HDF5 dataset (the data key table of _providers.py)
+#: compared row by row with what the simulator sent
+SCALERS = (*RAW_SCALER_NAMES, "dead_time_correction")
+#: data key suffix -> HDF5 dataset (the schema's table, ophyd_xspress._schema)
 STREAM_KEYS = {
     "": "data",
-    "-dtc": "dead_time_correction",
+    "-dtc": "dtc",
+    "-dead_time_correction": "dead_time_correction",
     "-dead_time": "dead_time_percent",
     "-live_time": "live_time",
     "-icr": "input_count_rate",

@@ -22,22 +22,14 @@ import numpy as np
 import pytest
 from bluesky.plans import count
 from ophyd_async.core import TriggerInfo, init_devices
+from tests.helpers import RAW_SCALER_NAMES
 
-from ophyd_xspress.capture import read_capture
 from ophyd_xspress.device import XspressDetector
 from ophyd_xspress.protocol import Frame, HeaderMessage, StreamDecoder
-from ophyd_xspress.replay import replay_capture
+from ophyd_xspress.tools import read_capture, replay_capture
 
 DUMP = "xspress3-dump.cbors"
 MULTIPART = "xspress3-multipart.cbors"
-SCALERS = (
-    "all_events",
-    "all_good",
-    "clock_ticks",
-    "total_ticks",
-    "reset_ticks",
-    "event_width",
-)
 
 
 def decode_capture(path: Path) -> tuple[list[HeaderMessage], list[Frame]]:
@@ -130,12 +122,12 @@ def check_events(events: list[dict[str, Any]], frames: list[Frame]) -> None:
         assert data["xspress-frame_number"] == frame.frame
         assert data["xspress"].dtype == frame.spectra.dtype
         np.testing.assert_array_equal(data["xspress"], frame.spectra)
-        for name in SCALERS:
+        for name in RAW_SCALER_NAMES:
             np.testing.assert_array_equal(
                 data[f"xspress-{name}"], frame[name], err_msg=name
             )
         np.testing.assert_array_equal(
-            data["xspress-dtc"], frame["dead_time_correction"]
+            data["xspress-dead_time_correction"], frame["dead_time_correction"]
         )
         # the "total" default ROI is the whole spectrum, i.e. all_good
         np.testing.assert_array_equal(
@@ -217,7 +209,7 @@ def test_fly_scan_of_replayed_capture_to_hdf5(
         np.testing.assert_array_equal(g["frame_number"][:], [fr.frame for fr in frames])
         for i, frame in enumerate(frames):
             np.testing.assert_array_equal(g["data"][i], frame.spectra)
-            for name in SCALERS:
+            for name in RAW_SCALER_NAMES:
                 np.testing.assert_array_equal(g[name][i], frame[name], err_msg=name)
             np.testing.assert_array_equal(
                 g["dead_time_correction"][i], frame["dead_time_correction"]
@@ -232,9 +224,9 @@ def test_passive_fly_scan_drops_repeated_frames_without_shifting_rows(
     """Frames 0,1,2,0,1,3,4,5 (a repeat of 0-1 inside one series, as real
     streams do): a passive run numbers rows by arrival, so the repeats must be
     dropped, or frames 3-5 would land in the wrong rows."""
-    from ophyd_xspress.capture import write_capture
     from ophyd_xspress.protocol import SeriesEndMessage, StreamEncoder
     from ophyd_xspress.sim import SimulatedXspress3
+    from ophyd_xspress.tools import write_capture
 
     sim = SimulatedXspress3(channels=4, pace=False)
     encoder = StreamEncoder("multipart")
@@ -263,9 +255,9 @@ def test_passive_fly_scan_drops_repeated_frames_without_shifting_rows(
 
 def _capture(tmp_path: Path, numbers: list[int]) -> tuple[Path, list[Frame]]:
     """A one-series capture of simulator frames in the order ``numbers``."""
-    from ophyd_xspress.capture import write_capture
     from ophyd_xspress.protocol import SeriesEndMessage, StreamEncoder
     from ophyd_xspress.sim import SimulatedXspress3
+    from ophyd_xspress.tools import write_capture
 
     sim = SimulatedXspress3(channels=4, pace=False)
     encoder = StreamEncoder("multipart")

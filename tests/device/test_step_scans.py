@@ -92,9 +92,15 @@ def check_event_against_frame(data: dict[str, Any], frame: Any) -> None:
         assert value.dtype == np.dtype(dtype), name
         np.testing.assert_array_equal(value, frame[name], err_msg=name)
     expect = physics(frame)
-    # the streamed correction is passed through unchanged and equals the formula
-    np.testing.assert_array_equal(data["xspress-dtc"], frame["dead_time_correction"])
+    # the streamed correction is passed through unchanged; dtc is the formula's
+    # (one dead-time source), which the simulator's own factor also follows
+    np.testing.assert_array_equal(
+        data["xspress-dead_time_correction"], frame["dead_time_correction"]
+    )
     np.testing.assert_allclose(data["xspress-dtc"], expect["dtc"], rtol=1e-12)
+    np.testing.assert_allclose(
+        data["xspress-dtc"], frame["dead_time_correction"], rtol=1e-12
+    )
     for key in ("dead_time", "live_time", "ocr", "icr"):
         np.testing.assert_allclose(
             data[f"xspress-{key}"], expect[key], rtol=1e-12, err_msg=key
@@ -157,6 +163,13 @@ EXPECTED_KEYS: dict[str, tuple[list[int], str, str, int | None, str]] = {
     # key suffix: (shape, dtype_numpy, units, precision, source suffix)
     "": ([CHANNELS, BINS], "<u4", "counts", None, "spectra"),
     "-dtc": ([CHANNELS], "<f8", "", 6, "dtc"),
+    "-dead_time_correction": (
+        [CHANNELS],
+        "<f8",
+        "",
+        6,
+        "dead_time_correction",
+    ),
     "-dead_time": ([CHANNELS], "<f8", "%", 3, "dead_time"),
     "-live_time": ([CHANNELS], "<f8", "s", 6, "live_time"),
     "-icr": ([CHANNELS], "<f8", "counts/s", 1, "icr"),

@@ -68,8 +68,8 @@ def _later(delay: float, action: Callable[[], Any]) -> threading.Thread:
 #: ophyd-async status task runs ``wait_with_error_message``)
 DETECTOR_TASKS = (
     "_wait_for_index",
-    "_watch_fault",
-    "RunTracker.wait",
+    "RunWatch",
+    "Run._wait_until",
     "wait_with_error_message",
 )
 

@@ -86,9 +86,9 @@ def test_cli_defaults_listen_only_on_loopback(args: list[str], tmp_path: Path) -
     if not (_port_free(9999) and _port_free(9998)):
         pytest.skip("ports 9999/9998 are taken on this machine")
     if "CAPTURE" in args:
-        from ophyd_xspress.capture import write_capture
         from ophyd_xspress.protocol import SeriesEndMessage, StreamEncoder
         from ophyd_xspress.sim import SimulatedXspress3
+        from ophyd_xspress.tools import write_capture
 
         encoder = StreamEncoder("multipart")
         sim = SimulatedXspress3(channels=1, pace=False)

@@ -1,4 +1,4 @@
-"""Soak of the whole receive path: ZeroMQ, the receiver thread, RunTracker and
+"""Soak of the whole receive path: ZeroMQ, the receiver thread, Run and
 the HDF5 writer, with the detector in another process.
 
 A publisher process (``spawn``) binds a PUSH socket on loopback and sends a
@@ -7,7 +7,7 @@ simulator frames (1 channel, 4096 bins), each encoded once with
 :class:`~ophyd_xspress.protocol.StreamEncoder` and renumbered 0 .. N-1 on the
 wire, so frame ``k`` carries the content of simulator frame ``k % 16``. In the
 test process a :class:`~ophyd_xspress.transport.StreamReceiver` (PULL) feeds a
-passive :class:`~ophyd_xspress.transport.RunTracker` whose sink is an
+passive :class:`~ophyd_xspress.transport.Run` whose sink is an
 :class:`~ophyd_xspress.hdf5.Hdf5FrameWriter` opened for ``N`` rows with one
 ROI window. The test samples its own RSS every 100k frames received, waits
 until every row is durable, and checks:
@@ -51,7 +51,7 @@ import pytest
 from ophyd_xspress.hdf5 import GROUP, SCALERS, Hdf5FrameWriter
 from ophyd_xspress.protocol import Frame, SeriesEndMessage, StreamEncoder, make_frame
 from ophyd_xspress.sim import SimulatedXspress3
-from ophyd_xspress.transport import RunTracker, StreamReceiver
+from ophyd_xspress.transport import Run, StreamReceiver
 
 BINS = 4096
 TEMPLATES = 16
@@ -216,7 +216,7 @@ def rss_now() -> int:
 
 def wait_received(
     rx: StreamReceiver,
-    run: RunTracker,
+    run: Run,
     pub: Publisher,
     soak: Soak,
     rss_every: int,
@@ -231,13 +231,13 @@ def wait_received(
 
     def where() -> str:
         return (
-            f"{len(run.received)} of {n} frames received, {rx.messages} messages, "
+            f"{run.received} of {n} frames received, {rx.messages} messages, "
             f"receiver counts {dict(rx.counts)}, errors {rx.errors[-3:]}, run "
             f"counts {dict(run.counts)}; {pub.describe()}"
         )
 
     while not run.wait_blocking(0.02):
-        got = len(run.received)
+        got = run.received
         now = time.monotonic()
         while got >= checkpoint:
             soak.rss[checkpoint] = rss_now()
@@ -257,11 +257,11 @@ def wait_received(
     assert run.error is None, f"the run failed: {run.error!r}; {where()}"
     while checkpoint <= n:  # the last checkpoint(s), passed as the run ended
         soak.rss[checkpoint] = rss_now()
-        soak.seen_at[checkpoint] = len(run.received)
+        soak.seen_at[checkpoint] = run.received
         checkpoint += rss_every
 
 
-def wait_durable(writer: Hdf5FrameWriter, run: RunTracker, n: int) -> None:
+def wait_durable(writer: Hdf5FrameWriter, run: Run, n: int) -> None:
     deadline = time.monotonic() + DRAIN_TIMEOUT
     while writer.durable.prefix() < n:
         assert writer.error is None, f"the writer failed: {writer.error!r}"
@@ -289,19 +289,19 @@ def wait_messages(rx: StreamReceiver, want: int, pub: Publisher) -> None:
 
 
 def stream_to_disk(path: Path, n: int, rss_every: int = CHECKPOINT) -> Soak:
-    """Publisher process -> ZeroMQ -> receiver thread -> RunTracker -> HDF5."""
+    """Publisher process -> ZeroMQ -> receiver thread -> Run -> HDF5."""
     soak = Soak(n)
     pub = Publisher(n)
     rx: StreamReceiver | None = None
     writer: Hdf5FrameWriter | None = None
-    run: RunTracker | None = None
+    run: Run | None = None
     try:
         endpoint = f"tcp://127.0.0.1:{pub.port()}"
         rx = StreamReceiver(endpoint, "pull")
         rx.start(connect_timeout=10.0)
         writer = Hdf5FrameWriter(path, 1, BINS, WINDOWS, expected=n)
         writer.open()
-        run = rx.begin(n, writer, active=False)
+        run = rx.begin(n, writer, active=False, durable=writer.durable)
         t0 = time.monotonic()
         pub.go.set()
         wait_received(rx, run, pub, soak, rss_every, t0)

@@ -16,28 +16,13 @@ import numpy as np
 import pytest
 from bluesky.plans import count
 from ophyd_async.core import TriggerInfo, init_devices
+from tests.helpers import find_in_chain
 
 from ophyd_xspress.device import XspressDetector
 from ophyd_xspress.sim import TriggerMode
 from ophyd_xspress.transport import StreamIncompleteError, StreamStalledError
 
 GROUP = "/entry/instrument/xspress3"
-
-
-def find_in_chain(exc: BaseException, kind: type[BaseException]) -> BaseException:
-    todo: list[BaseException] = [exc]
-    seen: set[int] = set()
-    while todo:
-        e = todo.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, kind):
-            return e
-        if isinstance(e, BaseExceptionGroup):
-            todo.extend(e.exceptions)
-        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
-    raise AssertionError(f"no {kind.__name__} in the chain of {exc!r}")
 
 
 def arm_directly(sim: Any, frames: int, exposure: float) -> int:
@@ -97,7 +82,7 @@ def test_publisher_restart_mid_fly_scan(
             failure = find_in_chain(error, StreamStalledError)
         assert f"missing {missing[0]}" in str(failure), str(failure)
         assert sim.stream_endpoint in str(failure)
-    counts = xspress._rt.receiver.counts
+    counts = xspress.receiver.counts
     assert counts["disconnects"] + counts["reconnects"] >= 1, dict(counts)
     # the log is the user's only report of a restart that lost no frame
     lines = [
@@ -155,14 +140,14 @@ def test_slow_joiner_frames_are_not_attributed(RE, sim, passive, docs):
     # it stalled while the late-joined series was still streaming
     assert elapsed < 2.0, elapsed
     assert sim.control.series_index == series
-    assert passive._rt.receiver.counts["outside_series"] > 0
+    assert passive.receiver.counts["outside_series"] > 0
     assert docs["event"] == []
     sim.control.stop()
 
 
 def test_slow_joiner_waits_for_the_next_series(RE, sim, passive, docs):
     """...and if the next series starts in time, the count takes its frame 0."""
-    passive._rt.stall_timeout = 5.0
+    passive.stall_timeout = 5.0
     first = arm_directly(sim, 60, 0.01)  # 0.6 s of frames
     assert wait_until(lambda: sim.control.n_frames_acquired >= 5, 5)
 
@@ -176,7 +161,7 @@ def test_slow_joiner_waits_for_the_next_series(RE, sim, passive, docs):
     RE(count([passive], 1))
     thread.join(10)
     (event,) = docs["event"]
-    assert passive._rt.receiver.counts["outside_series"] > 0
+    assert passive.receiver.counts["outside_series"] > 0
     np.testing.assert_array_equal(
         event["data"]["passive"], sim.control.expected_frame(first + 1, 0).spectra
     )

@@ -1,7 +1,12 @@
-"""ophyd-async signals of the MAX IV ``Xspress3DS`` Tango device (the control plane)."""
+"""ophyd-async signals of the MAX IV ``Xspress3DS`` Tango device (the control plane).
+
+Besides the signals, :class:`XspressControl` answers the questions the acquire
+logic asks the device: is it in FAULT (and why), is it still RUNNING.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from ophyd_async.core import Device, DeviceVector, SignalR, SignalRW
@@ -13,7 +18,42 @@ from ophyd_async.tango.core import (
     tango_triggerable_command,
 )
 
-__all__ = ["XspressChannelControl", "XspressControl"]
+__all__ = [
+    "DetectorFaultError",
+    "DeviceStuckError",
+    "XspressChannelControl",
+    "XspressControl",
+    "bind_tango_to_running_loop",
+]
+
+
+class DetectorFaultError(RuntimeError):
+    """The Xspress3 device is in FAULT (its status string says why)."""
+
+
+class DeviceStuckError(TimeoutError):
+    """The device did not return to STANDBY after its frames arrived."""
+
+
+def bind_tango_to_running_loop() -> None:
+    """Make pytango's asyncio executor use the running event loop.
+
+    pytango keeps one global asyncio executor, bound to the loop that first
+    used it; a later RunEngine (a new loop: a second demo, a notebook that
+    makes a new RunEngine, the next test) would then fail to connect. Through
+    pytango's public executor API, a new executor bound to the running loop
+    replaces one bound to another loop. (Upstream: an executor per loop in
+    pytango's green mode would make this unnecessary.)
+    """
+    from tango.asyncio_executor import (
+        AsyncioExecutor,
+        get_global_executor,
+        set_global_executor,
+    )
+
+    running = asyncio.get_running_loop()
+    if get_global_executor().loop is not running:
+        set_global_executor(AsyncioExecutor(loop=running))
 
 
 class XspressChannelControl(Device):
@@ -58,3 +98,37 @@ class XspressControl(Device):
         self.channels = DeviceVector(
             {i: XspressChannelControl(self.trl, i) for i in range(n)}
         )
+
+    # -- questions the acquire logic asks ------------------------------------------
+    async def state_name(self) -> str:
+        state = await self.state.get_value()
+        return str(getattr(state, "value", state)).upper()
+
+    async def raise_if_fault(self) -> None:
+        if await self.state_name() == "FAULT":
+            status = await self.status.get_value()
+            raise DetectorFaultError(
+                f"Xspress3 {self.trl} is in FAULT: {status}".rstrip()
+            )
+
+    async def wait_not_running(self, timeout: float) -> None:
+        """Return once the device left RUNNING; raise on FAULT or time-out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            name = await self.state_name()
+            if name == "FAULT":
+                await self.raise_if_fault()
+            if name != "RUNNING":
+                return
+            if loop.time() > deadline:
+                raise DeviceStuckError(
+                    f"Xspress3 {self.trl} still RUNNING {timeout:.1f} s after its "
+                    "last frame arrived"
+                )
+            await asyncio.sleep(0.01)
+
+    async def stop_if_running(self, timeout: float) -> None:
+        if await self.state_name() == "RUNNING":
+            await self.stop_cmd.trigger()
+            await self.wait_not_running(timeout)

@@ -1,11 +1,16 @@
-"""``XspressDetector``: an ophyd-async StandardDetector for Xspress3 (and -Mini)."""
+"""``XspressDetector``: an ophyd-async StandardDetector for Xspress3 (and -Mini).
+
+It only composes: a trigger logic over the Tango device, an acquire logic over
+the device and the stream session, and one or two data logics (inline
+readings, HDF5 files). The shared state is three small objects: the
+:class:`DataConfig`, the :class:`AcquisitionSettings` and the
+:class:`StreamSession`.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -15,53 +20,28 @@ from ophyd_async.core import (
     AsyncStatus,
     DeviceMock,
     PathProvider,
-    SignalR,
     StandardDetector,
     StaticPathProvider,
-    StreamableDataProvider,
-    TriggerInfo,
     UUIDFilenameProvider,
     WatchableAsyncStatus,
-    WatcherUpdate,
     soft_signal_r_and_setter,
 )
 from ophyd_async.tango.core import get_full_attr_trl, tango_signal_r
 
-from ..transport import RunTracker, StreamStalledError
-from ._control import XspressControl
-from ._logics import (
-    XspressAcquireLogic,
-    XspressHdf5DataLogic,
-    XspressInlineDataLogic,
-    XspressTriggerLogic,
-)
-from ._rois import Calibration, RoiSpec, make_rois
-from ._runtime import DataMode, XspressRuntime
+from .._constants import DEFAULT_BINS
+from ..protocol import Calibration
+from ..transport import Run, StreamReceiver
+from ._acquire_logic import XspressAcquireLogic
+from ._control import XspressControl, bind_tango_to_running_loop
+from ._data_logic import XspressHdf5DataLogic, XspressInlineDataLogic
+from ._rois import Roi, RoiSpec, make_rois
+from ._session import StreamSession
+from ._settings import AcquisitionSettings, DataConfig, DataMode
+from ._trigger_logic import XspressTriggerLogic
 
-__all__ = ["XspressDetector"]
+__all__ = ["XspressDetector", "default_path_provider"]
 
 log = logging.getLogger("ophyd_xspress.device")
-
-
-def _fresh_tango_executor() -> None:
-    """pytango keeps one global asyncio executor bound to the loop that first
-    used it; a later RunEngine (a new loop: a second demo, a notebook restart of
-    the RunEngine, the next test) would then fail to connect. Forget an executor
-    whose loop is not the running one so pytango makes a fresh one."""
-    try:
-        import tango.asyncio_executor as executors
-    except ImportError:  # pragma: no cover - tango is a dependency
-        return
-    current = getattr(executors, "_MAIN_EXECUTOR", None)
-    if current is None:
-        return
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    loop = getattr(current, "loop", None)
-    if loop is not running:
-        executors.set_global_executor(None)
 
 
 def default_path_provider(directory: str | Path | None = None) -> PathProvider:
@@ -101,7 +81,7 @@ class XspressDetector(StandardDetector):
         name: str = "",
         socket: Literal["sub", "pull"] = "sub",
         channels: int | None = None,
-        bins: int = 4096,
+        bins: int = DEFAULT_BINS,
         rois: RoiSpec | None = None,
         bin_rois: RoiSpec | None = None,
         calibration: tuple[float, float] = (10.0, 0.0),
@@ -117,44 +97,55 @@ class XspressDetector(StandardDetector):
         #: the latest trigger() / complete() status, and the run a pause found
         #: in progress (see :meth:`pause`)
         self._busy_status: AsyncStatus | WatchableAsyncStatus[int] | None = None
-        self._paused_run: RunTracker | None = None
+        self._paused_run: Run | None = None
         self._roi_spec = (rois, bin_rois)
         self.control = XspressControl(tango) if tango else None
-        cal = Calibration(*calibration)
         n_channels = channels or 4
-        self._rt = XspressRuntime(
+        cal = Calibration(*calibration)
+        self._config = DataConfig(
             name=name,
             stream=stream,
-            socket=socket,
-            control=self.control,
             channels=n_channels,
             bins=bins,
             calibration=cal,
-            rois=self._make_rois(n_channels, bins, cal),
             data_mode=data,
-            stall_timeout=stall_timeout,
-            connect_timeout=connect_timeout,
         )
-        path_provider: PathProvider | None
-        if data == "inline":
-            path_provider = None
-        elif path is None or isinstance(path, str | Path):
-            path_provider = default_path_provider(path)
-        else:
-            path_provider = path
+        self._config.rois = self._make_rois()
+        self._settings = AcquisitionSettings(stall_timeout=stall_timeout)
+        self._session = StreamSession(
+            stream, socket, active=tango is not None, connect_timeout=connect_timeout
+        )
+        self._acquire = XspressAcquireLogic(
+            self.control, self._session, self._settings, name
+        )
         logics: list[object] = [
-            XspressTriggerLogic(self._rt),
-            XspressAcquireLogic(self._rt),
+            XspressTriggerLogic(self.control, self._settings, self._config),
+            self._acquire,
         ]
         if data in ("auto", "inline"):
-            logics.append(XspressInlineDataLogic(self._rt))
-        if path_provider is not None:
-            logics.append(XspressHdf5DataLogic(self._rt, path_provider))
+            logics.append(XspressInlineDataLogic(self._session, self._config))
+        if data != "inline":
+            provider = (
+                path
+                if path is not None and not isinstance(path, str | Path)
+                else default_path_provider(path)
+            )
+            logics.append(
+                XspressHdf5DataLogic(
+                    self._session, self._settings, self._config, provider
+                )
+            )
         self.add_detector_logics(*logics)  # type: ignore[arg-type]
-        # configuration shown in read_configuration()
+        self._add_configuration_signals(stream, n_channels, cal)
+        super().__init__(name=name)
+
+    def _add_configuration_signals(
+        self, stream: str, channels: int, cal: Calibration
+    ) -> None:
+        """What read_configuration() reports, besides the device's settings."""
         self.stream_endpoint, _ = soft_signal_r_and_setter(str, stream)
         self.n_channels_config, self._set_channels = soft_signal_r_and_setter(
-            int, n_channels
+            int, channels
         )
         self.calibration_ev_per_bin, _ = soft_signal_r_and_setter(
             float, cal.ev_per_bin, units="eV"
@@ -166,7 +157,7 @@ class XspressDetector(StandardDetector):
             str, self._roi_text()
         )
         self.hardware_windows, self._set_hw_windows = soft_signal_r_and_setter(str, "")
-        self.header_filename: SignalR[str] = self._rt.header_filename
+        self.header_filename = self._session.header_filename
         self.add_config_signals(
             self.stream_endpoint,
             self.n_channels_config,
@@ -176,54 +167,72 @@ class XspressDetector(StandardDetector):
             self.hardware_windows,
             self.header_filename,
         )
-        super().__init__(name=name)
-        self._rt.name = name
 
-    # -- set-up --------------------------------------------------------------------
-    def _make_rois(self, channels: int, bins: int, cal: Calibration) -> list:  # type: ignore[type-arg]
+    def set_name(self, name: str, *, child_name_separator: str | None = None) -> None:
+        super().set_name(name, child_name_separator=child_name_separator)
+        self._config.name = name
+        self._acquire.name = name
+
+    # -- ROIs ------------------------------------------------------------------------
+    def _make_rois(self) -> list[Roi]:
+        cfg = self._config
         rois, bin_rois = self._roi_spec
-        out = make_rois(rois, unit="eV", channels=channels, bins=bins, calibration=cal)
-        out += make_rois(
-            bin_rois, unit="bin", channels=channels, bins=bins, calibration=cal
-        )
+        sizes = {"channels": cfg.channels, "bins": cfg.bins}
+        out = make_rois(rois, unit="eV", calibration=cfg.calibration, **sizes)
+        out += make_rois(bin_rois, unit="bin", calibration=cfg.calibration, **sizes)
         if not out:
-            out = make_rois(
-                {"total": (0, bins - 1)},
-                unit="bin",
-                channels=channels,
-                bins=bins,
-                calibration=cal,
-            )
+            total = {"total": (0, cfg.bins - 1)}
+            out = make_rois(total, unit="bin", calibration=cfg.calibration, **sizes)
         return out
 
     def _roi_text(self) -> str:
-        cal = self._rt.calibration
-        return "; ".join(r.describe(cal) for r in self._rt.rois)
+        cal = self._config.calibration
+        return "; ".join(r.describe(cal) for r in self._config.rois)
 
     def set_rois(
         self, rois: RoiSpec | None = None, bin_rois: RoiSpec | None = None
     ) -> None:
         """Replace the software ROIs (takes effect at the next prepare)."""
         self._roi_spec = (rois, bin_rois)
-        rt = self._rt
-        rt.rois = self._make_rois(rt.channels, rt.bins, rt.calibration)
+        self._config.rois = self._make_rois()
         self._set_roi_text(self._roi_text())
 
     @property
     def rois(self) -> dict[str, tuple[tuple[int, int], ...]]:
         """Current software ROIs as inclusive bin windows per channel."""
-        return {r.name: r.windows for r in self._rt.rois}
+        return {r.name: r.windows for r in self._config.rois}
 
+    # -- diagnostics -----------------------------------------------------------------
     @property
     def anomalies(self) -> dict[str, int]:
         """Missing / repeated / out-of-order / stale frames counted since stage."""
-        return dict(self._rt.anomalies)
+        return dict(self._session.diagnostics.anomalies)
 
     @property
     def run_summaries(self) -> list[dict[str, object]]:
         """Per acquisition: frames expected / received and the anomalies."""
-        return list(self._rt.run_summaries)
+        return list(self._session.diagnostics.run_summaries)
 
+    @property
+    def receiver(self) -> StreamReceiver:
+        """The stream receiver (its ``counts`` and ``errors`` diagnose the stream)."""
+        return self._session.receiver
+
+    @property
+    def current_run(self) -> Run | None:
+        """The acquisition in progress, if any."""
+        return self._session.run
+
+    @property
+    def stall_timeout(self) -> float:
+        """Seconds without a frame after which an acquisition fails."""
+        return self._settings.stall_timeout
+
+    @stall_timeout.setter
+    def stall_timeout(self, value: float) -> None:
+        self._settings.stall_timeout = value
+
+    # -- connection --------------------------------------------------------------------
     async def connect(
         self,
         mock: bool | DeviceMock[Any] = False,
@@ -232,140 +241,34 @@ class XspressDetector(StandardDetector):
     ) -> None:
         control = self.control
         if control is not None and mock is False:
-            _fresh_tango_executor()
-        if (
-            control is not None
-            and mock is False
-            and self._tango_trl is not None
-            and not control.channels
-        ):
-            probe = tango_signal_r(int, get_full_attr_trl(self._tango_trl, "nChannels"))
-            await probe.connect(timeout=timeout)
-            n = int(await probe.get_value())
-            if self._channels_given is not None and self._channels_given != n:
-                raise ValueError(
-                    f"{self.name}: channels={self._channels_given} but the device "
-                    f"{self._tango_trl} has nChannels={n}"
-                )
-            control.add_channels(n)
-            self.add_config_signals(
-                *(ch.event_width for ch in control.channels.values())
-            )
-            self.set_name(self.name)
-            rt = self._rt
-            if n != rt.channels:
-                rt.channels = n
-                rt.rois = self._make_rois(n, rt.bins, rt.calibration)
-                self._set_channels(n)
-                self._set_roi_text(self._roi_text())
+            bind_tango_to_running_loop()
+            if not control.channels:
+                await self._add_channels(control, timeout)
         await super().connect(
             mock=mock, timeout=timeout, force_reconnect=force_reconnect
         )
 
-    async def stage_and_check(self) -> None:  # pragma: no cover - convenience
-        await self.stage()
-
-    # -- error translation ---------------------------------------------------------
-    async def _wait_for_index(
-        self,
-        data_providers: Sequence[StreamableDataProvider],
-        trigger_info: TriggerInfo,
-        initial_collections_written: int,
-        collections_requested: int,
-        wait_for_idle: bool,
-        watcher_divisor: int = 1,
-    ) -> AsyncIterator[WatcherUpdate]:
-        """Like the base class, but a stalled stream, a FAULT or a sink error
-        fails the status at once with the facts, not after a generic time-out."""
-        rt = self._rt
-        run = rt.run
-        # count() prepares with TriggerInfo() (livetime 0: "what the device has"),
-        # so ophyd-async's time-out would not include a long frame time that
-        # the device is set to; the runtime knows it.
-        frame_time = rt.livetime + rt.deadtime
-        if trigger_info.exposure_timeout < frame_time + DEFAULT_TIMEOUT:
-            trigger_info = trigger_info.model_copy(
-                update={"exposure_timeout": frame_time + DEFAULT_TIMEOUT}
+    async def _add_channels(self, control: XspressControl, timeout: float) -> None:
+        """Per-channel signals for the device's ``nChannels``."""
+        trl = cast(str, self._tango_trl)
+        probe = tango_signal_r(int, get_full_attr_trl(trl, "nChannels"))
+        await probe.connect(timeout=timeout)
+        n = int(await probe.get_value())
+        if self._channels_given is not None and self._channels_given != n:
+            raise ValueError(
+                f"{self.name}: channels={self._channels_given} but the device "
+                f"{trl} has nChannels={n}"
             )
-        task = asyncio.current_task()
-        failure: list[BaseException] = []
-        ended: list[bool] = []
-        cancels: list[int] = []
+        control.add_channels(n)
+        self.add_config_signals(*(ch.event_width for ch in control.channels.values()))
+        self.set_name(self.name)
+        if n != self._config.channels:
+            self._config.channels = n
+            self._config.rois = self._make_rois()
+            self._set_channels(n)
+            self._set_roi_text(self._roi_text())
 
-        async def guard() -> None:
-            if run is None:
-                return
-            try:
-                await rt.watch(run)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:
-                failure.append(exc)
-                await interrupt()
-                return
-            if run.closed and not run.done:
-                # unstaged mid-acquisition (an aborted or stopped plan): end
-                # this status now rather than let it wait for frames that will
-                # never come. It ends quietly: failing it would turn the
-                # RunEngine's abort into a FailedStatus.
-                ended.append(True)
-                await interrupt()
-
-        async def interrupt() -> None:
-            # Python 3.11's asyncio.wait_for swallows a cancel that lands just
-            # as its inner wait completes (ophyd-async waits for frames with
-            # it), leaving the status waiting for frames that never come: ask
-            # again until the status has taken it. This task is cancelled in
-            # the ``finally`` below, as the status ends.
-            while task is not None and not task.done():
-                task.cancel()
-                cancels.append(1)
-                await asyncio.sleep(0.05)
-
-        guard_task = asyncio.ensure_future(guard())
-        inner = cast(
-            AsyncGenerator[WatcherUpdate[int], None],
-            super()._wait_for_index(
-                data_providers,
-                trigger_info,
-                initial_collections_written,
-                collections_requested,
-                wait_for_idle,
-                watcher_divisor,
-            ),
-        )
-        try:
-            async for update in inner:
-                yield update
-        except asyncio.CancelledError:
-            if failure:
-                raise failure[0] from None
-            if ended:
-                if task is not None:
-                    for _ in cancels:  # the cancels were ours, and are handled
-                        task.uncancel()
-                log.info(
-                    "%s: complete() ended: the detector was unstaged after %d of "
-                    "%d frames",
-                    self.name,
-                    len(run.received) if run is not None else 0,
-                    collections_requested,
-                )
-                return
-            raise
-        except TimeoutError as exc:
-            # only ophyd-async's own (generic) time-out gets the stream facts;
-            # our errors (stalled stream, device stuck RUNNING) say what happened
-            if type(exc) is TimeoutError and run is not None:
-                raise run.stall_error(trigger_info.exposure_timeout) from exc
-            raise
-        finally:
-            guard_task.cancel()
-            await inner.aclose()
-        if failure:
-            raise failure[0]
-
-    # -- RunEngine pause / resume -------------------------------------------------
+    # -- RunEngine pause / resume ------------------------------------------------------
     def trigger(self) -> AsyncStatus:  # type: ignore[override]
         status = cast(AsyncStatus, super().trigger())
         self._busy_status = status
@@ -387,7 +290,7 @@ class XspressDetector(StandardDetector):
         of them (a fly scan's ``complete()`` or a step's ``trigger()``). Abort
         or stop instead to end the acquisition early.
         """
-        run = self._rt.run
+        run = self._session.run
         if run is not None and not run.done and not run.closed:
             self._paused_run = run
             log.warning(
@@ -395,7 +298,7 @@ class XspressDetector(StandardDetector):
                 "acquisition continues; resume waits for the rest, abort or stop "
                 "ends it",
                 self.name,
-                len(run.received),
+                run.received,
                 run.expected if run.expected is not None else "?",
             )
             raise NoReplayAllowed()
@@ -407,9 +310,8 @@ class XspressDetector(StandardDetector):
         The RunEngine forgets a ``wait`` it interrupted, so a resumed fly plan
         would otherwise collect what is on disk at that moment and end early.
         Waiting here for the ``complete()`` (or ``trigger()``) status gives the
-        plan every frame.
-        A failure (stalled stream, FAULT) is logged here and fails the status,
-        which the RunEngine reports.
+        plan every frame. A failure (stalled stream, FAULT) is logged here and
+        fails the status, which the RunEngine reports.
         """
         run, self._paused_run = self._paused_run, None
         status = self._busy_status
@@ -422,10 +324,7 @@ class XspressDetector(StandardDetector):
             log.error("%s: the acquisition failed during the pause: %s", self.name, exc)
 
     async def read_configuration(self):  # type: ignore[no-untyped-def]
-        header = self._rt.last_header
+        header = self._session.diagnostics.last_header
         if header.get("limits") is not None:
             self._set_hw_windows(json.dumps(header["limits"]))
         return await super().read_configuration()
-
-
-__all__ += ["StreamStalledError"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -11,23 +10,11 @@ from typing import Literal, cast
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Calibration", "Roi", "RoiSpec", "make_rois", "windows_array"]
+from ..protocol import Calibration
+
+__all__ = ["Roi", "RoiSpec", "make_rois", "windows_array"]
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Energy of bin ``i``: it covers ``[offset + i*gain, offset + (i+1)*gain)`` eV."""
-
-    ev_per_bin: float = 10.0
-    offset_ev: float = 0.0
-
-    def bin_of(self, energy_ev: float) -> int:
-        return math.floor((energy_ev - self.offset_ev) / self.ev_per_bin)
-
-    def energy_of(self, bin_index: float) -> float:
-        return self.offset_ev + (bin_index + 0.5) * self.ev_per_bin
 
 
 @dataclass(frozen=True)
@@ -43,8 +30,7 @@ class Roi:
         lo, hi = self.windows[0]
         same = all(w == self.windows[0] for w in self.windows)
         bins = f"bins {lo}-{hi}" if same else f"bins {list(self.windows)}"
-        e_lo = calibration.offset_ev + lo * calibration.ev_per_bin
-        e_hi = calibration.offset_ev + (hi + 1) * calibration.ev_per_bin
+        e_lo, e_hi = calibration.low_edge(lo), calibration.low_edge(hi + 1)
         return (
             f"{self.name}: {bins} ({e_lo:.0f}-{e_hi:.0f} eV)"
             if same
