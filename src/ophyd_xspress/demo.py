@@ -18,23 +18,28 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from .sim import DEFAULT_SAMPLE, emission_line, energy_window
+
 __all__ = ["DemoResult", "fly_scan", "run_demo"]
 
 log = logging.getLogger("ophyd_xspress.demo")
 
-#: Software ROIs of the demo (eV): the strongest lines of the default sample.
-DEMO_ROIS = {"Fe": (6250.0, 6560.0), "Cu": (7890.0, 8200.0), "Zn": (8480.0, 8800.0)}
+#: Software ROIs of the demo (eV): the strongest lines of the default sample,
+#: +/- 155 eV (a little more than the detector's FWHM) around Kα1.
+DEMO_ROIS = {el: energy_window(el, "Ka1", 155.0) for el in ("Fe", "Cu", "Zn")}
 #: Line labels on the spectrum plot (eV).
 DEMO_LINES = {
-    "Ca Kα": 3691.7,
-    "Mn Kα": 5898.8,
-    "Fe Kα": 6403.8,
-    "Fe Kβ": 7058.0,
-    "Cu Kα": 8047.8,
-    "Zn Kα": 8638.9,
-    "Au Lα": 9713.3,
-    "elastic": 12000.0,
-}
+    f"{element} {label}": emission_line(element, line).energy_ev
+    for element, line, label in (
+        ("Ca", "Ka1", "Kα"),
+        ("Mn", "Ka1", "Kα"),
+        ("Fe", "Ka1", "Kα"),
+        ("Fe", "Kb1", "Kβ"),
+        ("Cu", "Ka1", "Kα"),
+        ("Zn", "Ka1", "Kα"),
+        ("Au", "La1", "Lα"),
+    )
+} | {"elastic": DEFAULT_SAMPLE.incident_energy_ev}
 
 
 @dataclass
@@ -80,15 +85,8 @@ def run_demo(
     progress: bool = True,
     out: TextIO = sys.stdout,
 ) -> DemoResult:
-    from bluesky import RunEngine
-    from bluesky.plans import count
-    from bluesky.utils import ProgressBarManager
-    from ophyd_async.core import init_devices
-
     from .catalog import LocalCatalog, default_directory
-    from .device import XspressDetector
     from .plots import plot_deadtime, plot_spectra
-    from .sim import XspressSimulator
 
     t0 = time.monotonic()
     output = Path(output).expanduser().resolve()
@@ -96,56 +94,22 @@ def run_demo(
     directory = Path(data_dir) if data_dir is not None else default_directory()
     print(f"catalog and data under {directory}", file=out)
     catalog = LocalCatalog(directory)
-    RE = RunEngine({}, call_returns_result=True)  # noqa: N806 - bluesky convention
     try:
-        RE.subscribe(catalog.writer)
-        # tqdm redraws in place on a terminal; into a pipe or a log file each
-        # redraw would be a new line, hundreds of them
-        if progress and sys.stderr.isatty():
-            RE.waiting_hook = ProgressBarManager()  # pyright: ignore[reportAttributeAccessIssue]
-        with XspressSimulator(channels=channels, count_rate=3e5) as sim:
-            print(
-                f"simulator: stream {sim.stream_endpoint}, Tango {sim.tango_trl}",
-                file=out,
-            )
-            sim.control.exposure_time = exposure + 125e-9
-            with init_devices():
-                xspress = XspressDetector(
-                    tango=sim.tango_trl,
-                    stream=sim.stream_endpoint,
-                    rois=DEMO_ROIS,
-                    path=catalog.data_dir,
-                )
-            print(f"count: {points} points of {exposure} s", file=out)
-            count_uid = _uid(RE(count([xspress], points)))
-            print(f"fly scan: {frames} frames of {fly_exposure} s", file=out)
-            fly_uid = _uid(RE(fly_scan(xspress, frames, fly_exposure)))
-            rois = xspress.rois
+        count_uid, fly_uid, rois = _acquire(
+            catalog, channels, points, frames, exposure, fly_exposure, progress, out
+        )
         fly = catalog.client[fly_uid]["primary"]
-        spectra = fly["xspress"].read()
+        spectra = np.asarray(fly["xspress"].read())
         dead = np.asarray(fly["xspress-dead_time"].read())
         icr = np.asarray(fly["xspress-icr"].read())
         ocr = np.asarray(fly["xspress-ocr"].read())
         roi = np.asarray(fly["xspress-roi_corrected"].read())
-        counts = np.asarray(spectra).sum(axis=(0, 2))
-        table = []
-        for c in range(channels):
-            row: dict[str, float] = {
-                "channel": c,
-                "counts": float(counts[c]),
-                **{
-                    f"{n} (corr)": float(roi[:, c, r].sum()) for r, n in enumerate(rois)
-                },
-                "dead time %": float(dead[:, c].mean()),
-                "ICR (cps)": float(icr[:, c].mean()),
-                "OCR (cps)": float(ocr[:, c].mean()),
-            }
-            table.append(row)
+        table = _channel_table(spectra, roi, dead, icr, ocr, list(rois))
         print("", file=out)
         print(_format_table(table, f"fly scan, {frames} frames, per channel"), file=out)
         plots = [
             plot_spectra(
-                np.asarray(spectra),
+                spectra,
                 output / "spectra.png",
                 rois=rois,
                 lines=DEMO_LINES,
@@ -156,22 +120,7 @@ def run_demo(
         print("", file=out)
         for p in plots:
             print(f"wrote {p}", file=out)
-        print("", file=out)
-        print(f"count run uid: {count_uid}", file=out)
-        print(f"fly run uid:   {fly_uid}", file=out)
-        print(
-            "read them back (while this catalog's server runs, or from a new one):",
-            file=out,
-        )
-        print("    from ophyd_xspress.catalog import LocalCatalog", file=out)
-        print(f"    catalog = LocalCatalog({str(directory)!r})", file=out)
-        print(
-            f"    spectra = catalog[{fly_uid!r}]['primary']['xspress'].read()", file=out
-        )
-        print(
-            f"    dtc = catalog[{count_uid!r}]['primary']['xspress-dtc'].read()",
-            file=out,
-        )
+        _print_read_back(directory, count_uid, fly_uid, out)
         return DemoResult(
             count_uid=count_uid,
             fly_uid=fly_uid,
@@ -183,6 +132,93 @@ def run_demo(
         )
     finally:
         catalog.close()
+
+
+def _acquire(
+    catalog: Any,
+    channels: int,
+    points: int,
+    frames: int,
+    exposure: float,
+    fly_exposure: float,
+    progress: bool,
+    out: TextIO,
+) -> tuple[str, str, dict[str, Any]]:
+    """Simulator + detector: a count and a fly scan into ``catalog``; returns
+    their uids and the detector's ROIs (bins)."""
+    from bluesky import RunEngine
+    from bluesky.plans import count
+    from bluesky.utils import ProgressBarManager
+    from ophyd_async.core import init_devices
+
+    from .device import XspressDetector
+    from .sim import XspressSimulator
+
+    RE = RunEngine({}, call_returns_result=True)  # noqa: N806 - bluesky convention
+    RE.subscribe(catalog.writer)
+    # tqdm redraws in place on a terminal; into a pipe or a log file each
+    # redraw would be a new line, hundreds of them
+    if progress and sys.stderr.isatty():
+        RE.waiting_hook = ProgressBarManager()  # pyright: ignore[reportAttributeAccessIssue]
+    with XspressSimulator(channels=channels, count_rate=3e5) as sim:
+        print(
+            f"simulator: stream {sim.stream_endpoint}, Tango {sim.tango_trl}",
+            file=out,
+        )
+        sim.control.exposure_time = exposure + 125e-9
+        with init_devices():
+            xspress = XspressDetector(
+                tango=sim.tango_trl,
+                stream=sim.stream_endpoint,
+                rois=DEMO_ROIS,
+                path=catalog.data_dir,
+            )
+        print(f"count: {points} points of {exposure} s", file=out)
+        count_uid = _uid(RE(count([xspress], points)))
+        print(f"fly scan: {frames} frames of {fly_exposure} s", file=out)
+        fly_uid = _uid(RE(fly_scan(xspress, frames, fly_exposure)))
+        return count_uid, fly_uid, dict(xspress.rois)
+
+
+def _channel_table(
+    spectra: Any, roi: Any, dead: Any, icr: Any, ocr: Any, names: list[str]
+) -> list[dict[str, float]]:
+    """Per channel: counts, corrected ROI sums, mean dead time and rates."""
+    counts = np.asarray(spectra).sum(axis=(0, 2))
+    table = []
+    for c in range(len(counts)):
+        table.append(
+            {
+                "channel": c,
+                "counts": float(counts[c]),
+                **{
+                    f"{n} (corr)": float(roi[:, c, r].sum())
+                    for r, n in enumerate(names)
+                },
+                "dead time %": float(dead[:, c].mean()),
+                "ICR (cps)": float(icr[:, c].mean()),
+                "OCR (cps)": float(ocr[:, c].mean()),
+            }
+        )
+    return table
+
+
+def _print_read_back(
+    directory: Path, count_uid: str, fly_uid: str, out: TextIO
+) -> None:
+    print("", file=out)
+    print(f"count run uid: {count_uid}", file=out)
+    print(f"fly run uid:   {fly_uid}", file=out)
+    print(
+        "read them back (while this catalog's server runs, or from a new one):",
+        file=out,
+    )
+    print("    from ophyd_xspress.catalog import LocalCatalog", file=out)
+    print(f"    catalog = LocalCatalog({str(directory)!r})", file=out)
+    print(f"    spectra = catalog[{fly_uid!r}]['primary']['xspress'].read()", file=out)
+    print(
+        f"    dtc = catalog[{count_uid!r}]['primary']['xspress-dtc'].read()", file=out
+    )
 
 
 def _uid(result: object) -> str:

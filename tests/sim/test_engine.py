@@ -23,7 +23,7 @@ from ophyd_xspress.protocol import (
     Frame,
     HeaderMessage,
     MissingPartError,
-    OutOfSeriesError,
+    StrayFrame,
     dead_time_from_scalers,
 )
 from ophyd_xspress.sim import (
@@ -640,8 +640,13 @@ def test_pub_subscriber_late_misses_header(
     early.read_series_ends(1)
     assert late.headers == []
     assert late.frames == []
-    assert len(late.errors) == 2
-    assert all(isinstance(e, OutOfSeriesError) for e in late.errors)
+    # frames outside any series come out as StrayFrame packets, not errors
+    assert late.errors == []
+    strays = [p for p in late.packets if isinstance(p, StrayFrame)]
+    assert [(s.number, s.where) for s in strays] == [
+        (0, "before any header"),
+        (1, "before any header"),
+    ]
     assert early.sequence() == ["header", 0, 1, "series_end"]
 
 

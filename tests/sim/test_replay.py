@@ -22,10 +22,9 @@ import cbor2
 import pytest
 import zmq
 
-from ophyd_xspress.capture import read_capture
 from ophyd_xspress.cli import main
 from ophyd_xspress.protocol import Frame, StreamDecoder
-from ophyd_xspress.replay import PeerTimeoutError, replay_capture
+from ophyd_xspress.tools import PeerTimeoutError, read_capture, replay_capture
 
 DUMP = "xspress3-dump.cbors"  # legacy framing, 62 messages, 20 frames
 MULTIPART = "xspress3-multipart.cbors"  # multipart framing, 7 messages, 5 frames

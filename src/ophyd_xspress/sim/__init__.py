@@ -1,22 +1,53 @@
-"""The simulated Xspress3: physics, acquisition engine, stream and Tango device."""
+"""The simulated Xspress3: physics, acquisition engine, stream and Tango device.
 
-from ._engine import (
-    DevState,
-    FaultPlan,
-    SimulatedXspress3,
-    SimulatorError,
-    TriggerMode,
-    line_window,
-)
-from ._simulator import XspressSimulator
-from ._spectrum import (
-    DEFAULT_SAMPLE,
-    ELEMENT_LINES,
-    EmissionLine,
-    SampleModel,
-    clock_ticks_for_exposure,
-    fwhm_ev,
-)
+Modules, from the physics up:
+
+* ``_lines``: the emission-line table (cited, checked against xraydb);
+* ``_spectrum``: detector response and sample model, the spectrum's shape;
+* ``_processor``: rates, dead time, event sampling, the scalers of a frame;
+* ``_faults``: :class:`FaultPlan` and the pure packet -> messages injector;
+* ``_frames``: the header and the deterministic frames of a series;
+* ``_state``: the device's states and every transition between them;
+* ``_worker``: the worker thread: commands in, series acquired, packets out;
+* ``_engine``: :class:`SimulatedXspress3`, the control object over them;
+* ``_publisher``: the ZeroMQ stream and live view;
+* ``_tango``, ``_simulator``: the Tango device and :class:`XspressSimulator`.
+
+Names are imported lazily, so the line table and the physics can be used
+without loading ZeroMQ or Tango.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._engine import SimulatedXspress3
+    from ._faults import FaultPlan
+    from ._lines import ELEMENT_LINES, EmissionLine, emission_line, energy_window
+    from ._processor import clock_ticks_for_exposure
+    from ._simulator import XspressSimulator
+    from ._spectrum import DEFAULT_SAMPLE, SampleModel, fwhm_ev, line_window
+    from ._state import DevState, SimulatorError, TriggerMode
+
+_LAZY = {
+    "SimulatedXspress3": "._engine",
+    "FaultPlan": "._faults",
+    "ELEMENT_LINES": "._lines",
+    "EmissionLine": "._lines",
+    "emission_line": "._lines",
+    "energy_window": "._lines",
+    "clock_ticks_for_exposure": "._processor",
+    "XspressSimulator": "._simulator",
+    "DEFAULT_SAMPLE": "._spectrum",
+    "SampleModel": "._spectrum",
+    "fwhm_ev": "._spectrum",
+    "line_window": "._spectrum",
+    "DevState": "._state",
+    "SimulatorError": "._state",
+    "TriggerMode": "._state",
+}
 
 __all__ = [
     "DEFAULT_SAMPLE",
@@ -30,6 +61,21 @@ __all__ = [
     "TriggerMode",
     "XspressSimulator",
     "clock_ticks_for_exposure",
+    "emission_line",
+    "energy_window",
     "fwhm_ev",
     "line_window",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # the next look-up skips this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -15,8 +15,14 @@ from typing import Literal
 
 import zmq
 
-from ..protocol import Frame, Framing, HeaderMessage, SeriesEndMessage, StreamEncoder
-from ..protocol._encoder import Message
+from ..protocol import (
+    Frame,
+    Framing,
+    HeaderMessage,
+    Message,
+    SeriesEndMessage,
+    StreamEncoder,
+)
 
 __all__ = ["DEFAULT_ENDPOINT", "DEFAULT_SNDHWM", "LiveView", "StreamPublisher"]
 

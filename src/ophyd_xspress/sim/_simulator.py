@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..protocol import Framing
-from ._engine import FaultPlan, SimulatedXspress3
+from ._engine import SimulatedXspress3
+from ._faults import FaultPlan
 from ._spectrum import DEFAULT_SAMPLE, SampleModel
 from ._tango import TangoServer
 

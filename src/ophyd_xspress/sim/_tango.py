@@ -24,8 +24,10 @@ from tango import AttrWriteType, DevState
 from tango.server import Device, attribute, command, device_property
 from tango.test_context import DeviceTestContext
 
-from ._engine import DevState as SimState
-from ._engine import SimulatedXspress3, SimulatorError, TriggerMode
+from .._constants import DEFAULT_BINS, HARDWARE_WINDOWS
+from ._engine import SimulatedXspress3
+from ._state import DevState as SimState
+from ._state import SimulatorError, TriggerMode
 
 __all__ = ["TangoServer", "Xspress3DS"]
 
@@ -153,7 +155,7 @@ class Xspress3DS(Device):
     # -- per-channel attributes ------------------------------------------------
     def initialize_dynamic_attributes(self) -> None:
         for ch in range(self.engine.n_channels):
-            for w in (0, 1):
+            for w in range(HARDWARE_WINDOWS):
                 self.add_attribute(
                     attribute(
                         name=f"Window{w + 1}_Ch{ch}",
@@ -185,8 +187,10 @@ class Xspress3DS(Device):
     def _window_writer(self, w: int, ch: int) -> Callable[..., None]:
         def write(device: Xspress3DS, attr: Any) -> None:
             value = [int(x) for x in attr.get_write_value()]
-            if len(value) != 2 or not 0 <= value[0] <= value[1] < 4096:
-                raise ValueError(f"window must be [low, high] bins in 0..4095: {value}")
+            if len(value) != 2 or not 0 <= value[0] <= value[1] < DEFAULT_BINS:
+                raise ValueError(
+                    f"window must be [low, high] bins in 0..{DEFAULT_BINS - 1}: {value}"
+                )
             self.engine.windows[w, ch] = np.asarray(value, dtype=np.int64)
 
         write.__name__ = f"write_Window{w + 1}_Ch{ch}"
