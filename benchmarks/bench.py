@@ -74,8 +74,8 @@ def _frame_messages(
 
 
 def bench_decode_capture(path: Path, n_frames: int) -> dict[str, Any]:
-    from ophyd_xspress.capture import read_capture
     from ophyd_xspress.protocol import Frame, StreamDecoder
+    from ophyd_xspress.tools import read_capture
 
     messages = list(read_capture(path))
     header, groups = _frame_messages(messages)
@@ -342,7 +342,7 @@ def _end_to_end(
     def sample_rss() -> None:
         # RSS when the run has passed each multiple of rss_every frames
         nxt = rss_every
-        receiver = xspress._rt.receiver
+        receiver = xspress.receiver
         while not done.wait(0.02):
             n = receiver.messages - 1  # the header, then one message a frame
             while n >= nxt:

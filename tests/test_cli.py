@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ophyd_xspress.capture import write_capture
 from ophyd_xspress.cli import main
 from ophyd_xspress.sim import XspressSimulator
+from ophyd_xspress.tools import write_capture
 
 SHARED = Path(
     os.environ.get(
@@ -72,7 +72,7 @@ def test_inspect_text_names_the_facts(capsys: pytest.CaptureFixture[str]) -> Non
 def test_inspect_reports_anomalies_of_an_edited_capture(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ophyd_xspress.capture import read_capture
+    from ophyd_xspress.tools import read_capture
 
     messages = list(read_capture(_capture("xspress3-multipart.cbors")))
     # header, frames 0..4, series_end: drop frame 2, repeat frame 4

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
 from typing import Any
 
-from ..capture import CaptureError, read_capture
-from ..inspection import inspect_messages
+from ..tools import CaptureError, inspect_messages, read_capture
+from ..transport import log_anomalies
 
 __all__ = ["add_arguments", "format_report", "run"]
 
@@ -100,11 +101,14 @@ def format_report(report: dict[str, Any], name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.getLogger("ophyd_xspress.protocol").setLevel(
-        logging.ERROR if not args.verbose else logging.INFO
+    # The report lists every anomaly; with -v they are also logged as found.
+    on_anomalies = (
+        functools.partial(log_anomalies, logging.getLogger(__name__), args.capture)
+        if args.verbose
+        else None
     )
     try:
-        report = inspect_messages(read_capture(args.capture))
+        report = inspect_messages(read_capture(args.capture), on_anomalies)
     except CaptureError as exc:
         print(f"ophyd-xspress inspect: error: {exc}", file=sys.stderr)
         return 2

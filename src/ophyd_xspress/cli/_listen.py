@@ -52,16 +52,22 @@ def _table(s: dict[str, Any]) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    import functools
     import logging
 
-    from ..listen import StreamMonitor
+    from ..tools import StreamMonitor
+    from ..transport import log_anomalies
 
     # Joining a running stream mid-series is normal for a monitor: the summary
-    # counts those frames; don't warn about each streak.
-    if not args.verbose:
-        logging.getLogger("ophyd_xspress.protocol").setLevel(logging.ERROR)
-
-    monitor = StreamMonitor(args.endpoint, socket=args.socket)
+    # counts those frames and every other anomaly; -v also logs each one.
+    on_anomalies = (
+        functools.partial(log_anomalies, logging.getLogger(__name__), args.endpoint)
+        if args.verbose
+        else None
+    )
+    monitor = StreamMonitor(
+        args.endpoint, socket=args.socket, on_anomalies=on_anomalies
+    )
     start = time.monotonic()
 
     def finished() -> bool:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..capture import CaptureError
-from ..replay import PeerTimeoutError, replay_capture
+from ..tools import CaptureError, PeerTimeoutError, replay_capture
 
 __all__ = ["add_arguments", "run"]
 

@@ -7,13 +7,13 @@ one received message in order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from io import BufferedReader
 from pathlib import Path
 
 import cbor2
 
-from .protocol import ProtocolError
+from ..protocol import ProtocolError
 
 __all__ = ["CaptureError", "read_capture", "write_capture"]
 
@@ -54,7 +54,7 @@ def read_capture(path: str | Path) -> Iterator[list[bytes]]:
 
 
 def write_capture(
-    path: str | Path, messages: Iterable[list[bytes | memoryview]]
+    path: str | Path, messages: Iterable[Sequence[bytes | memoryview]]
 ) -> int:
     """Write messages as a ``.cbors`` capture; returns the number written."""
     n = 0

@@ -1,32 +1,37 @@
 """Summaries of a recorded stream (``ophyd-xspress inspect``), as plain data.
 
-:func:`inspect_messages` runs the protocol decoder over a sequence of ZeroMQ
-messages and returns, per series: header fields, framing, shape, exposure,
-frames received, anomalies, per-channel totals and the dead-time correction
-factor computed from the raw scalers compared with the stream's own.
+:func:`inspect_messages` decodes a sequence of ZeroMQ messages the way the
+receiver does (:func:`~ophyd_xspress.transport.decode_message`: a message that
+cannot be decoded is listed with its error, never fatal) and returns, per
+series: header fields, framing, shape, exposure, frames received, anomalies
+(the series tracker's, as bounded lists of examples), per-channel totals and
+the dead-time correction factor computed from the raw scalers compared with
+the stream's own. Frames outside any series are summarised first, as a series
+with no index.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from .protocol import (
+from ..protocol import (
+    Anomaly,
     Frame,
     HeaderMessage,
-    OutOfSeriesError,
-    ProtocolError,
-    SeriesEndMessage,
+    Packet,
     SeriesState,
+    StrayFrame,
     StreamDecoder,
     dead_time_from_scalers,
     stream_ocr_as_rate,
 )
+from ..transport import decode_message
 
 __all__ = ["inspect_messages"]
 
@@ -108,9 +113,17 @@ class _SeriesAcc:
         self.extra_names.update(frame.extra)
 
     def summary(self, state: SeriesState | None) -> dict[str, Any]:
+        out = self._description()
+        out["anomalies"] = self._anomalies(state)
+        out.update(self._totals())
+        out.update(self._dead_time())
+        return out
+
+    def _description(self) -> dict[str, Any]:
         header = self.header
         shape = sorted(self.shapes)[-1] if self.shapes else None
-        out: dict[str, Any] = {
+        exptimes = sorted(self.exptimes)
+        return {
             "index": self.index,
             "header": header.to_wire() if header else None,
             "filename": header.filename if header else None,
@@ -118,9 +131,7 @@ class _SeriesAcc:
             "channels": int(shape[0]) if shape else None,
             "bins": int(shape[1]) if shape else None,
             "dtype": "+".join(sorted(self.dtypes)) if self.dtypes else None,
-            "exptime": sorted(self.exptimes)[0]
-            if len(self.exptimes) == 1
-            else (sorted(self.exptimes) if self.exptimes else None),
+            "exptime": exptimes[0] if len(exptimes) == 1 else (exptimes or None),
             "frames": len(self.frame_numbers),
             "first_frame": min(self.frame_numbers) if self.frame_numbers else None,
             "last_frame": max(self.frame_numbers) if self.frame_numbers else None,
@@ -129,6 +140,10 @@ class _SeriesAcc:
             ),
             "extra_arrays": sorted(self.extra_names),
         }
+
+    def _anomalies(self, state: SeriesState | None) -> dict[str, Any]:
+        """The series tracker's facts (lists are bounded examples), then the
+        checks made here on each frame's data."""
         anomalies: dict[str, Any] = {
             "missing": state.missing_frames if state else [],
             "repeated": sorted(state.repeated_frames) if state else [],
@@ -144,90 +159,105 @@ class _SeriesAcc:
         }
         if self.index is None:
             anomalies["frames_outside_series"] = sorted(self.frame_numbers)
-        out["anomalies"] = anomalies
-        out["channel_totals"] = (
-            [int(x) for x in self.channel_totals]
-            if self.channel_totals is not None
-            else []
-        )
-        out["all_good_totals"] = (
-            [int(x) for x in self.all_good_totals]
-            if self.all_good_totals is not None
-            else []
-        )
-        out["spectrum_sums_equal_all_good"] = self.sums_match_all_good
+        return anomalies
+
+    def _totals(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "channel_totals": (
+                [int(x) for x in self.channel_totals]
+                if self.channel_totals is not None
+                else []
+            ),
+            "all_good_totals": (
+                [int(x) for x in self.all_good_totals]
+                if self.all_good_totals is not None
+                else []
+            ),
+            "spectrum_sums_equal_all_good": self.sums_match_all_good,
+        }
         if self.window_counts is not None:
             out["window_counts_totals"] = self.window_counts.tolist()
-        if self.dtc:
-            dtc = np.stack(self.dtc)
-            stream = np.stack(self.dtc_stream)
-            out["dtc"] = _stats(dtc)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rel = np.abs(dtc - stream) / np.abs(stream)
-            finite = rel[np.isfinite(rel)]
-            out["dtc_max_rel_diff_vs_stream"] = (
-                float(finite.max()) if finite.size else None
-            )
-            out["dtc_per_channel"] = [_stats(dtc[:, c]) for c in range(dtc.shape[1])]
-            out["dead_time_percent"] = _stats(np.stack(self.dead_percent))
-            out["icr_mean_cps"] = [
-                _num(float(np.nanmean(c))) for c in np.stack(self.icr).T
-            ]
-            out["ocr_mean_cps"] = [
-                _num(float(np.nanmean(c))) for c in np.stack(self.ocr).T
-            ]
-            ratio = np.stack(self.ocr_field_ratio)
-            finite_ratio = ratio[np.isfinite(ratio)]
-            # True when the stream's output_count_rate carries the device's units
-            # bug (all_good / (ticks * 80e6)) rather than a rate in counts/s.
-            out["stream_output_count_rate_units_bug"] = bool(
-                finite_ratio.size and np.allclose(finite_ratio, 1.0, rtol=1e-6)
-            )
-        else:
-            out["dtc"] = {"min": None, "median": None, "max": None}
-            out["dtc_max_rel_diff_vs_stream"] = None
         return out
 
+    def _dead_time(self) -> dict[str, Any]:
+        if not self.dtc:
+            return {
+                "dtc": {"min": None, "median": None, "max": None},
+                "dtc_max_rel_diff_vs_stream": None,
+            }
+        dtc = np.stack(self.dtc)
+        stream = np.stack(self.dtc_stream)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.abs(dtc - stream) / np.abs(stream)
+        finite = rel[np.isfinite(rel)]
+        ratio = np.stack(self.ocr_field_ratio)
+        finite_ratio = ratio[np.isfinite(ratio)]
+        return {
+            "dtc": _stats(dtc),
+            "dtc_max_rel_diff_vs_stream": float(finite.max()) if finite.size else None,
+            "dtc_per_channel": [_stats(dtc[:, c]) for c in range(dtc.shape[1])],
+            "dead_time_percent": _stats(np.stack(self.dead_percent)),
+            "icr_mean_cps": [_num(float(np.nanmean(c))) for c in np.stack(self.icr).T],
+            "ocr_mean_cps": [_num(float(np.nanmean(c))) for c in np.stack(self.ocr).T],
+            # True when the stream's output_count_rate carries the device's
+            # units bug (all_good / (ticks * 80e6)) rather than counts/s.
+            "stream_output_count_rate_units_bug": bool(
+                finite_ratio.size and np.allclose(finite_ratio, 1.0, rtol=1e-6)
+            ),
+        }
 
-def inspect_messages(messages: Iterable[list[bytes]]) -> dict[str, Any]:
-    """Decode ``messages`` and summarise every series (see module docstring)."""
+
+def _collect(
+    packet: Packet,
+    current: SeriesState | None,
+    accs: dict[int, _SeriesAcc],
+    strays: _SeriesAcc,
+) -> None:
+    """Add ``packet`` to its series (``current``: the tracker's after its
+    message), or to the frames outside any series."""
+    match packet:
+        case StrayFrame():
+            strays.add(packet.frame)
+        case HeaderMessage() if current is not None:
+            accs[current.index] = _SeriesAcc(index=current.index, header=packet)
+        case Frame() if current is not None:
+            accs.setdefault(current.index, _SeriesAcc(index=current.index)).add(packet)
+
+
+def inspect_messages(
+    messages: Iterable[Sequence[bytes]],
+    on_anomalies: Callable[[Sequence[Anomaly]], None] | None = None,
+) -> dict[str, Any]:
+    """Decode ``messages`` and summarise every series (see module docstring).
+
+    ``on_anomalies`` gets the series tracker's anomalies as they are found
+    (``inspect -v`` logs them); the summary has them either way."""
     decoder = StreamDecoder()
     accs: dict[int, _SeriesAcc] = {}
-    orphans = _SeriesAcc(index=None)
+    strays = _SeriesAcc(index=None)
     errors: list[dict[str, Any]] = []
-    n_messages = 0
-    n_packets = 0
+    n_messages = n_packets = 0
     for i, message in enumerate(messages):
         n_messages += 1
-        try:
-            packets = decoder.feed(message)
-        except OutOfSeriesError as exc:
-            frame = getattr(exc, "frame", None)
-            if isinstance(frame, Frame):
-                orphans.add(frame)
-            n_packets += 1
-            continue
-        except ProtocolError as exc:
+        decoded = decode_message(decoder, message)
+        if decoded.anomalies and on_anomalies is not None:
+            on_anomalies(decoded.anomalies)
+        if decoded.error is not None:
+            exc = decoded.error
             errors.append(
                 {"message": i, "error": type(exc).__name__, "detail": str(exc)}
             )
-            continue
-        for packet in packets:
+        for packet in decoded.packets:
             n_packets += 1
-            current = decoder.tracker.current
-            if isinstance(packet, HeaderMessage) and current is not None:
-                accs[current.index] = _SeriesAcc(index=current.index, header=packet)
-            elif isinstance(packet, Frame) and current is not None:
-                accs.setdefault(current.index, _SeriesAcc(index=current.index)).add(
-                    packet
-                )
-            elif isinstance(packet, SeriesEndMessage):
-                pass
+            _collect(packet, decoder.tracker.current, accs, strays)
     decoder.finish()
+    last = decoder.tracker.drain()
+    if last and on_anomalies is not None:
+        on_anomalies(last)
     tracker = decoder.tracker
     series = [accs[s.index].summary(s) for s in tracker.series if s.index in accs]
-    if orphans.frame_numbers:
-        series.insert(0, orphans.summary(None))
+    if strays.frame_numbers:
+        series.insert(0, strays.summary(None))
     return {
         "messages": n_messages,
         "packets": n_packets,

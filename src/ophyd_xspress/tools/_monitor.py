@@ -1,110 +1,150 @@
 """Live statistics of a detector stream (``ophyd-xspress listen``).
 
-:class:`StreamMonitor` connects a SUB (or PULL) socket, decodes every message with
-the protocol core and keeps running figures: frames and MB received, frame rate,
-missing / repeated / out-of-order frames, per-channel OCR, ICR and dead time of
-the latest frames. It never arms anything: it works against the real device's
-PUB socket and the simulator alike.
+:class:`StreamMonitor` takes each message the way the receiver does (a socket
+with the stream's limits, :func:`~ophyd_xspress.transport.receive_message`,
+:func:`~ophyd_xspress.transport.decode_message`) and keeps running figures:
+frames and MB received, frame rate, per-channel OCR, ICR and dead time of the
+latest frame. The frame bookkeeping (missing, repeated, out-of-order frames,
+frames outside any series, resynchronisations) is the series tracker's: the
+summary reads ``decoder.tracker.counts``. It never arms anything, so it works
+against the real device's PUB socket and the simulator alike, and it logs
+nothing: each anomaly goes to ``on_anomalies`` when one is given (``listen
+-v`` logs them there).
+
+>>> with StreamMonitor("tcp://127.0.0.1:9999") as monitor:
+...     monitor.poll(1.0)
+...     monitor.summary()["frame_rate_hz"]
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, Literal, Self
 
 import numpy as np
+import numpy.typing as npt
 import zmq
 
-from .protocol import (
+from ..protocol import (
+    Anomaly,
+    DeadTime,
     Frame,
     HeaderMessage,
-    OutOfSeriesError,
-    ProtocolError,
     SeriesEndMessage,
+    StrayFrame,
     StreamDecoder,
     dead_time_from_scalers,
 )
+from ..transport import Received, decode_message, open_stream_socket, receive_message
 
 __all__ = ["StreamMonitor"]
 
 
-@dataclass
-class StreamMonitor:
-    endpoint: str
-    socket: Literal["sub", "pull"] = "sub"
-    window: float = 2.0  # seconds over which rates are averaged
-    decoder: StreamDecoder = field(default_factory=StreamDecoder)
-    frames: int = 0
-    bytes: int = 0
-    messages: int = 0
-    headers: int = 0
-    series_ends: int = 0
-    errors: int = 0
-    outside_series: int = 0
-    last_error: str = ""
-    started: float = field(default_factory=time.monotonic)
-    _recent: deque[tuple[float, int]] = field(default_factory=deque)
-    _ocr: Any = None
-    _icr: Any = None
-    _dead: Any = None
-    _channels: int = 0
-    _last_frame: int | None = None
+def _per_channel(values: npt.NDArray[np.float64] | None) -> list[float | None]:
+    if values is None:
+        return []
+    return [float(x) if np.isfinite(x) else None for x in values]
 
-    def __post_init__(self) -> None:
-        ctx = zmq.Context.instance()
-        self._sock = ctx.socket(zmq.SUB if self.socket == "sub" else zmq.PULL)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        if self.socket == "sub":
-            self._sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self._sock.connect(self.endpoint)
+
+class StreamMonitor:
+    """Running figures of one stream endpoint (see the module docstring).
+
+    ``window``: seconds over which the frame rate and throughput are averaged.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        socket: Literal["sub", "pull"] = "sub",
+        *,
+        window: float = 2.0,
+        on_anomalies: Callable[[Sequence[Anomaly]], None] | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.window = window
+        self.on_anomalies = on_anomalies
+        self.decoder = StreamDecoder()
+        self.messages = 0
+        self.bytes = 0
+        self.frames = 0
+        self.headers = 0
+        self.series_ends = 0
+        self.errors = 0
+        self.last_error = ""
+        self.started = time.monotonic()
+        self._recent: deque[tuple[float, int]] = deque()
+        self._dead_time: DeadTime | None = None  # of the latest frame
+        self._channels = 0
+        self._last_frame: int | None = None
+        ctx = context or zmq.Context.instance()
+        self._sock = open_stream_socket(ctx, socket)
+        self._sock.connect(endpoint)
 
     def close(self) -> None:
         self._sock.close(linger=0)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def poll(self, timeout: float) -> int:
         """Receive for up to ``timeout`` seconds; returns frames decoded."""
         deadline = time.monotonic() + timeout
         got = 0
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self._sock.poll(int(left * 1000)):
-                return got
-            while True:
-                try:
-                    message = self._sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                got += self._feed(message)
+        while (left := deadline - time.monotonic()) > 0:
+            received = receive_message(self._sock)
+            if received is not None:
+                got += self._on_message(received)
+            elif not self._sock.poll(max(1, int(left * 1000))):
+                break
+        return got
 
-    def _feed(self, message: list[zmq.Frame]) -> int:
+    def _on_message(self, received: Received) -> int:
         self.messages += 1
-        self.bytes += sum(len(f.buffer) for f in message)
-        try:
-            packets = self.decoder.feed(message)
-        except OutOfSeriesError as exc:
-            # joined mid-series: still a frame of the stream, count its figures
-            self.outside_series += 1
-            frame = getattr(exc, "frame", None)
-            if isinstance(frame, Frame):
-                self._on_frame(frame)
-                return 1
+        self.bytes += received.nbytes
+        if received.refused:
+            self._on_error(received.refusal(self.messages))
             return 0
-        except ProtocolError as exc:
-            self.errors += 1
-            self.last_error = str(exc)
+        decoded = decode_message(self.decoder, received.parts)
+        if decoded.anomalies and self.on_anomalies is not None:
+            self.on_anomalies(decoded.anomalies)
+        exc = decoded.error
+        if exc is not None:
+            self._on_error(
+                f"{type(exc).__name__}: {exc}" if decoded.internal else str(exc)
+            )
             return 0
-        n = 0
-        for packet in packets:
-            if isinstance(packet, Frame):
-                n += 1
-                self._on_frame(packet)
-            elif isinstance(packet, HeaderMessage):
-                self.headers += 1
-            elif isinstance(packet, SeriesEndMessage):
-                self.series_ends += 1
-        return n
+        frames = 0
+        for packet in decoded.packets:
+            match packet:
+                case StrayFrame():
+                    # joined mid-series: still a frame of the stream (the
+                    # tracker counts it as outside any series)
+                    frames += 1
+                    self._on_frame(packet.frame)
+                case Frame():
+                    frames += 1
+                    self._on_frame(packet)
+                case HeaderMessage():
+                    self.headers += 1
+                case SeriesEndMessage():
+                    self.series_ends += 1
+        return frames
+
+    def _on_error(self, text: str) -> None:
+        self.errors += 1
+        self.last_error = text
 
     def _on_frame(self, frame: Frame) -> None:
         now = time.monotonic()
@@ -112,29 +152,27 @@ class StreamMonitor:
         self._recent.append((now, frame.spectra.nbytes))
         while self._recent and now - self._recent[0][0] > self.window:
             self._recent.popleft()
-        dt = dead_time_from_scalers(frame.metadata, warn=False)
-        self._ocr, self._icr, self._dead = dt.ocr, dt.icr, dt.dead_percent
+        self._dead_time = dead_time_from_scalers(frame.metadata, warn=False)
         self._channels = frame.channels
         self._last_frame = frame.frame
 
+    def _rates(self) -> tuple[float, float]:
+        """Frames per second and MB/s over the last ``window`` seconds."""
+        if len(self._recent) < 2:
+            return 0.0, 0.0
+        span = max(self._recent[-1][0] - self._recent[0][0], 1e-9)
+        rate = (len(self._recent) - 1) / span
+        mbps = sum(b for _, b in list(self._recent)[1:]) / span / 1e6
+        return rate, mbps
+
     def summary(self) -> dict[str, Any]:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        if len(self._recent) >= 2:
-            span = max(self._recent[-1][0] - self._recent[0][0], 1e-9)
-            rate = (len(self._recent) - 1) / span
-            mbps = sum(b for _, b in list(self._recent)[1:]) / span / 1e6
-        else:
-            rate = mbps = 0.0
+        """The figures so far, as plain data (``listen --json`` prints it)."""
+        rate, mbps = self._rates()
         counts = self.decoder.tracker.counts
-
-        def per_channel(a: Any) -> list[float | None]:
-            if a is None:
-                return []
-            return [float(x) if np.isfinite(x) else None for x in a]
-
+        dead = self._dead_time
         return {
             "endpoint": self.endpoint,
-            "elapsed_s": elapsed,
+            "elapsed_s": max(time.monotonic() - self.started, 1e-9),
             "messages": self.messages,
             "frames": self.frames,
             "megabytes": self.bytes / 1e6,
@@ -146,12 +184,12 @@ class StreamMonitor:
             "missing": int(counts["missing"]),
             "repeated": int(counts["repeated"]),
             "out_of_order": int(counts["out_of_order"]),
-            "frames_outside_series": self.outside_series,
+            "frames_outside_series": int(counts["frame_outside_series"]),
             "resync": int(counts["resync"]),
             "protocol_errors": self.errors,
             "last_error": self.last_error,
             "channels": self._channels,
-            "ocr_cps": per_channel(self._ocr),
-            "icr_cps": per_channel(self._icr),
-            "dead_time_percent": per_channel(self._dead),
+            "ocr_cps": _per_channel(dead.ocr if dead else None),
+            "icr_cps": _per_channel(dead.icr if dead else None),
+            "dead_time_percent": _per_channel(dead.dead_percent if dead else None),
         }

@@ -19,7 +19,7 @@ from typing import Literal
 
 import zmq
 
-from .capture import read_capture
+from ._capture import read_capture
 
 __all__ = ["PeerTimeoutError", "replay_capture"]
 
