@@ -32,6 +32,14 @@ from .._constants import DEFAULT_BINS
 from ..protocol import Calibration
 from ..transport import Run, StreamReceiver
 from ._acquire_logic import XspressAcquireLogic
+from ._arguments import (
+    check_bins,
+    check_calibration,
+    check_channels,
+    check_roi_names,
+    check_seconds,
+    naming,
+)
 from ._control import XspressControl, bind_tango_to_running_loop
 from ._data_logic import XspressHdf5DataLogic, XspressInlineDataLogic
 from ._rois import Roi, RoiSpec, make_rois
@@ -92,6 +100,11 @@ class XspressDetector(StandardDetector):
     ) -> None:
         if data not in ("auto", "inline", "hdf5"):
             raise ValueError(f"data must be 'auto', 'inline' or 'hdf5', not {data!r}")
+        stall_timeout = check_seconds("stall_timeout", stall_timeout)
+        connect_timeout = check_seconds("connect_timeout", connect_timeout)
+        if channels is not None:
+            channels = check_channels(channels)
+        bins = check_bins(bins)
         self._tango_trl = tango
         self._channels_given = channels
         #: the latest trigger() / complete() status, and the run a pause found
@@ -101,7 +114,7 @@ class XspressDetector(StandardDetector):
         self._roi_spec = (rois, bin_rois)
         self.control = XspressControl(tango) if tango else None
         n_channels = channels or 4
-        cal = Calibration(*calibration)
+        cal = check_calibration(calibration)
         self._config = DataConfig(
             name=name,
             stream=stream,
@@ -177,9 +190,12 @@ class XspressDetector(StandardDetector):
     def _make_rois(self) -> list[Roi]:
         cfg = self._config
         rois, bin_rois = self._roi_spec
+        check_roi_names(rois, bin_rois)
         sizes = {"channels": cfg.channels, "bins": cfg.bins}
-        out = make_rois(rois, unit="eV", calibration=cfg.calibration, **sizes)
-        out += make_rois(bin_rois, unit="bin", calibration=cfg.calibration, **sizes)
+        with naming("rois"):
+            out = make_rois(rois, unit="eV", calibration=cfg.calibration, **sizes)
+        with naming("bin_rois"):
+            out += make_rois(bin_rois, unit="bin", calibration=cfg.calibration, **sizes)
         if not out:
             total = {"total": (0, cfg.bins - 1)}
             out = make_rois(total, unit="bin", calibration=cfg.calibration, **sizes)
@@ -193,8 +209,12 @@ class XspressDetector(StandardDetector):
         self, rois: RoiSpec | None = None, bin_rois: RoiSpec | None = None
     ) -> None:
         """Replace the software ROIs (takes effect at the next prepare)."""
-        self._roi_spec = (rois, bin_rois)
-        self._config.rois = self._make_rois()
+        previous, self._roi_spec = self._roi_spec, (rois, bin_rois)
+        try:
+            self._config.rois = self._make_rois()
+        except Exception:
+            self._roi_spec = previous  # refused: the ROIs stay as they were
+            raise
         self._set_roi_text(self._roi_text())
 
     @property
@@ -230,7 +250,7 @@ class XspressDetector(StandardDetector):
 
     @stall_timeout.setter
     def stall_timeout(self, value: float) -> None:
-        self._settings.stall_timeout = value
+        self._settings.stall_timeout = check_seconds("stall_timeout", value)
 
     # -- connection --------------------------------------------------------------------
     async def connect(

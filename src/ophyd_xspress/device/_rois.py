@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,11 +49,21 @@ def _is_pair(value: object) -> bool:
     return (
         isinstance(value, Sequence)
         and len(value) == 2
-        and all(isinstance(x, int | float) and not isinstance(x, bool) for x in value)
+        # numbers.Real: numpy integers and floats too
+        and all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in value)
     )
 
 
 def _windows_per_channel(
+    name: str, value: object, channels: int
+) -> list[tuple[float, float]]:
+    windows = _windows_as_given(name, value, channels)
+    if not all(math.isfinite(x) for window in windows for x in window):
+        raise ValueError(f"ROI {name}: windows must be finite numbers, got {value!r}")
+    return windows
+
+
+def _windows_as_given(
     name: str, value: object, channels: int
 ) -> list[tuple[float, float]]:
     if _is_pair(value):
