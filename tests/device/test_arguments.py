@@ -172,16 +172,16 @@ def test_rois_must_be_a_mapping(tmp_path: Path) -> None:
 
 
 def test_reserved_names_come_from_the_schema() -> None:
+    """Every data-key suffix, every step-scan summary key, and ``X`` for a
+    summary key ``X-ch<c>`` (an ROI named X would give that key too)."""
     suffixes = {q.suffix for q in QUANTITIES if q.suffix}
-    assert suffixes <= set(RESERVED_ROI_NAMES)
-    # the step-scan summary keys: `anomalies`, and `dead_time-ch<c>`, which an
-    # ROI named dead_time would give as its per-channel key
-    assert {"anomalies", "dead_time"} <= set(RESERVED_ROI_NAMES)
-    assert [p for p, *_ in SUMMARY_KEYS if "<roi>" not in p] == [
-        "dead_time-ch<c>",
-        "anomalies",
-    ]
-    assert set(RESERVED_ROI_NAMES) == suffixes | {"anomalies"}
+    summary = [p for p, *_ in SUMMARY_KEYS if "<roi>" not in p]
+    words = {p for p in summary if re.fullmatch(r"\w+", p)}
+    per_channel = {p.removesuffix("-ch<c>") for p in summary if p.endswith("-ch<c>")}
+    assert set(RESERVED_ROI_NAMES) == suffixes | words | per_channel
+    assert {"dtc", "roi", "dead_time", "live_time", "frame_number", "anomalies"} <= (
+        set(RESERVED_ROI_NAMES)
+    )
     assert tuple(sorted(RESERVED_ROI_NAMES)) == RESERVED_ROI_NAMES
 
 

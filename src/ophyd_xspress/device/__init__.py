@@ -8,11 +8,13 @@ run, progress), ``_settings`` (data geometry, acquisition settings),
 """
 
 from ..protocol import Calibration
+from ._acquire_logic import AcquisitionInProgressError
 from ._control import DetectorFaultError, DeviceStuckError
 from ._detector import XspressDetector, default_path_provider
 from ._rois import Roi
 
 __all__ = [
+    "AcquisitionInProgressError",
     "Calibration",
     "DetectorFaultError",
     "DeviceStuckError",

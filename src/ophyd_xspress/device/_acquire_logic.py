@@ -28,14 +28,27 @@ import contextlib
 import logging
 from typing import Final
 
-from ophyd_async.core import DetectorAcquireLogic, DetectorTrigger
+from ophyd_async.core import DEFAULT_TIMEOUT, DetectorAcquireLogic, DetectorTrigger
 
 from ..transport import Run
 from ._control import XspressControl
 from ._session import StreamSession
 from ._settings import AcquisitionSettings
+from ._tango_errors import (
+    DeviceBusyError,
+    device_errors,
+    is_unreachable,
+    progress,
+    summary,
+)
+from ._tango_signals import answers, is_stale, mark_stale, reconnect
 
-__all__ = ["HEARTBEAT", "RunWatch", "XspressAcquireLogic"]
+__all__ = [
+    "HEARTBEAT",
+    "AcquisitionInProgressError",
+    "RunWatch",
+    "XspressAcquireLogic",
+]
 
 log = logging.getLogger("ophyd_xspress.device")
 
@@ -46,6 +59,12 @@ HEARTBEAT: Final = 0.25
 FAULT_POLL: Final = 0.5
 #: Extra time for the sink to store what arrived (beyond the stall time-out).
 STORE_GRACE: Final = 30.0
+#: Seconds to connect again to a device whose server restarted (at stage).
+RECONNECT_TIMEOUT: Final = DEFAULT_TIMEOUT
+
+
+class AcquisitionInProgressError(RuntimeError):
+    """``stage()`` while an acquisition of the same detector is running."""
 
 
 class RunWatch:
@@ -64,6 +83,8 @@ class RunWatch:
         self.control = control
         self.stall_timeout = stall_timeout
         self.name = name
+        #: Set when the watch ends (its polls stop).
+        self.ended = asyncio.Event()
         self.task: asyncio.Task[None] = asyncio.ensure_future(self._watch())
 
     async def _watch(self) -> None:
@@ -94,6 +115,7 @@ class RunWatch:
             for task in done:
                 task.result()
         finally:
+            self.ended.set()
             for task in (*waits, beat):
                 task.cancel()
             for task in (*waits, beat):
@@ -101,9 +123,14 @@ class RunWatch:
                     await task
 
     async def _fault_poll(self, control: XspressControl) -> None:
-        while True:
-            await control.raise_if_fault()
-            await asyncio.sleep(FAULT_POLL)
+        # Ends on the flag, not only on cancel(): on Python 3.11 the
+        # asyncio.wait_for inside a signal read can swallow a cancel() that
+        # meets its result, and a `while True` poll would then never end.
+        while not self.ended.is_set():
+            with device_errors(self.name, control, self.run):
+                await control.raise_if_fault()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ended.wait(), FAULT_POLL)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -137,14 +164,61 @@ class XspressAcquireLogic(DetectorAcquireLogic):
         self.name = name
         self.watch: RunWatch | None = None
 
+    def refuse_while_acquiring(self) -> None:
+        """Raise :class:`AcquisitionInProgressError` while an acquisition runs.
+
+        A second ``stage()`` (a nested plan staging the detector again, or a
+        second script using the same object) would otherwise Stop the
+        acquisition in progress, end its run quietly (the plan ends in
+        success with frames missing) and reset the anomaly counts; refused,
+        the acquisition goes on.
+        """
+        watch = self.watch
+        if watch is None or watch.task.done():
+            return
+        run = watch.run
+        expected = run.expected if run.expected is not None else "?"
+        raise AcquisitionInProgressError(
+            f"{self.name}: cannot stage while an acquisition is running "
+            f"({run.received} of {expected} frames received so far); it goes "
+            "on: wait for it to complete, or unstage the detector to stop it, "
+            "then stage again (a nested plan must not stage a detector that "
+            "its outer plan staged)"
+        )
+
     async def ensure_ready(self) -> None:
+        self.refuse_while_acquiring()
         await self._end_watch()
-        if self.control is not None:
-            await self.control.stop_if_running(self.settings.stall_timeout)
+        c = self.control
+        if c is not None:
+            with device_errors(self.name, c):
+                await self._reach(c)
+                await c.stop_if_running(self.settings.stall_timeout)
         self.session.reset()
         await self.session.start()
-        if self.control is not None:
-            await self.control.raise_if_fault()
+        if c is not None:
+            with device_errors(self.name, c):
+                await c.raise_if_fault()
+
+    async def _reach(self, control: XspressControl) -> None:
+        """Make sure the device answers; once its server was found
+        unreachable (by any call since the last connect) or restarted, connect
+        again with fresh proxies (see :mod:`._tango_signals`)."""
+        if not is_stale(control):
+            try:
+                await control.state_name()
+                return
+            except Exception as exc:
+                if not is_unreachable(exc):
+                    raise
+        await answers(control.trl)  # a new proxy does: the server is back
+        log.info(
+            "%s: the Tango device at %s answers again: reconnecting",
+            self.name,
+            control.trl,
+        )
+        await reconnect(control, RECONNECT_TIMEOUT)
+        await control.state_name()
 
     async def start_acquiring(self) -> None:
         watch = self.watch
@@ -158,10 +232,13 @@ class XspressAcquireLogic(DetectorAcquireLogic):
         run = self.session.begin_run(self.settings.num)
         c = self.control
         if c is not None:
-            await c.raise_if_fault()
-            await c.arm.trigger()
+            with device_errors(self.name, c, run):
+                await self._refuse_if_busy(c, run)
+            with device_errors(self.name, c, run, "Arm"):
+                await c.arm.trigger()
             if self.settings.trigger is DetectorTrigger.INTERNAL:
-                await c.software_trigger.trigger()
+                with device_errors(self.name, c, run, "SoftwareTrigger"):
+                    await c.software_trigger.trigger()
         self.watch = RunWatch(
             run,
             self.session,
@@ -169,6 +246,21 @@ class XspressAcquireLogic(DetectorAcquireLogic):
             self.settings.stall_timeout_for_run(),
             self.name,
         )
+
+    async def _refuse_if_busy(self, control: XspressControl, run: Run) -> None:
+        """Before Arm: a device in FAULT, or RUNNING an acquisition this
+        detector did not start (stage and every wait_for_idle leave it
+        STANDBY: another client armed it), is not armed."""
+        state = await control.state_name()
+        if state == "FAULT":
+            await control.raise_if_fault()
+        if state == "RUNNING":
+            raise DeviceBusyError(
+                f"{self.name}: the Tango device at {control.trl} is RUNNING an "
+                "acquisition this detector did not start (another client armed "
+                f"it), so it was not armed ({progress(run)}); stop the other "
+                "acquisition (staging again Stops it), then retry"
+            )
 
     async def wait_for_idle(self) -> None:
         watch, self.watch = self.watch, None
@@ -181,17 +273,39 @@ class XspressAcquireLogic(DetectorAcquireLogic):
                     timeout=self.settings.stall_timeout_for_run() + STORE_GRACE
                 )
             if self.control is not None:
-                await self.control.wait_not_running(self.settings.stall_timeout)
+                with device_errors(self.name, self.control, watch.run):
+                    await self.control.wait_not_running(self.settings.stall_timeout)
         finally:
             self.session.end_run()
 
     async def ensure_stopped(self) -> None:
         try:
-            if self.control is not None:
-                await self.control.stop_if_running(self.settings.stall_timeout)
+            c = self.control
+            if c is not None:
+                with device_errors(self.name, c, self.session.run, "Stop"):
+                    await self._stop_if_reachable(c)
         finally:
             await self._end_watch()
             await self.session.stop()
+
+    async def _stop_if_reachable(self, control: XspressControl) -> None:
+        """Stop a RUNNING device. One that does not answer is logged, not
+        raised: unstage runs after a failure too, and the failure the plan
+        reports (the acquisition's, with its frame counts) must stay the one
+        the user reads; the next stage reconnects or says so."""
+        try:
+            await control.stop_if_running(self.settings.stall_timeout)
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            mark_stale(control)
+            log.warning(
+                "%s: could not Stop the Tango device at %s: it restarted or is "
+                "unreachable (%s)",
+                self.name,
+                control.trl,
+                summary(exc),
+            )
 
     async def _end_watch(self) -> None:
         watch, self.watch = self.watch, None

@@ -13,10 +13,11 @@ from ophyd_async.core import Device, DeviceVector, SignalR, SignalRW
 from ophyd_async.tango.core import (
     DevStateEnum,
     get_full_attr_trl,
-    tango_signal_r,
-    tango_signal_rw,
     tango_triggerable_command,
 )
+
+# ophyd-async's factories that also let a reconnect make fresh proxies
+from ._tango_signals import tango_signal_r, tango_signal_rw
 
 __all__ = [
     "DetectorFaultError",

@@ -45,6 +45,8 @@ from ._data_logic import XspressHdf5DataLogic, XspressInlineDataLogic
 from ._rois import Roi, RoiSpec, make_rois
 from ._session import StreamSession
 from ._settings import AcquisitionSettings, DataConfig, DataMode
+from ._tango_errors import device_errors
+from ._tango_signals import forget_proxies
 from ._trigger_logic import XspressTriggerLogic
 
 __all__ = ["XspressDetector", "default_path_provider"]
@@ -259,14 +261,17 @@ class XspressDetector(StandardDetector):
         timeout: float = DEFAULT_TIMEOUT,
         force_reconnect: bool = False,
     ) -> None:
-        control = self.control
-        if control is not None and mock is False:
-            bind_tango_to_running_loop()
-            if not control.channels:
-                await self._add_channels(control, timeout)
-        await super().connect(
-            mock=mock, timeout=timeout, force_reconnect=force_reconnect
-        )
+        control = self.control if mock is False else None
+        with device_errors(self.name, control):
+            if control is not None:
+                bind_tango_to_running_loop()
+                if force_reconnect:  # with fresh proxies: see _tango_signals
+                    forget_proxies(control)
+                if not control.channels:
+                    await self._add_channels(control, timeout)
+            await super().connect(
+                mock=mock, timeout=timeout, force_reconnect=force_reconnect
+            )
 
     async def _add_channels(self, control: XspressControl, timeout: float) -> None:
         """Per-channel signals for the device's ``nChannels``."""
@@ -287,6 +292,15 @@ class XspressDetector(StandardDetector):
             self._config.rois = self._make_rois()
             self._set_channels(n)
             self._set_roi_text(self._roi_text())
+
+    # -- staging ---------------------------------------------------------------------
+    @AsyncStatus.wrap
+    async def stage(self) -> None:
+        """Refused while an acquisition runs, before ``StandardDetector.stage``
+        stops the data logics (closing that acquisition's file). (Upstream: a
+        ``stage`` awaiting ``ensure_ready`` first would make this unneeded.)"""
+        self._acquire.refuse_while_acquiring()
+        await super().stage()
 
     # -- RunEngine pause / resume ------------------------------------------------------
     def trigger(self) -> AsyncStatus:  # type: ignore[override]
