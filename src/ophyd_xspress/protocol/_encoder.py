@@ -2,7 +2,8 @@
 
 Used by the simulator and by capture replay. ``StreamDecoder().feed`` of what
 :meth:`StreamEncoder.encode` returns gives back an equal packet, with the
-spectra bytes identical.
+spectra bytes identical; re-encoding a real capture gives its bytes back, the
+metadata pickles included (:mod:`._pickle_writer`).
 
 >>> enc = StreamEncoder("multipart")
 >>> for message in enc.encode(header) + enc.encode(frame) + enc.encode(end):
@@ -22,10 +23,12 @@ from ._frame import Frame, Framing
 from ._metadata import encode_metadata
 from ._models import HeaderMessage, ImageMessage, SeriesEndMessage
 
-__all__ = ["Message", "StreamEncoder", "make_frame"]
+__all__ = ["PICKLE_PROTOCOLS", "Message", "StreamEncoder", "make_frame"]
 
 #: One ZeroMQ message: its frames in order.
 Message = list[bytes | memoryview]
+#: The metadata pickle protocol each firmware's stream uses (the captures).
+PICKLE_PROTOCOLS: dict[Framing, int] = {"legacy": 3, "multipart": 4}
 
 
 def make_frame(
@@ -52,15 +55,18 @@ class StreamEncoder:
     """Encode packets as the detector sends them.
 
     ``framing="legacy"`` gives three single-part messages per frame (older
-    firmware, compact JSON); ``"multipart"`` one three-part message (newer
-    firmware, JSON with spaces). ``pickle_protocol`` is 3 or 4 as on the device.
+    firmware, compact JSON, metadata pickle protocol 3); ``"multipart"`` one
+    three-part message (newer firmware, JSON with spaces, pickle protocol 4),
+    as in the real captures. ``pickle_protocol`` (3 or 4) overrides the
+    framing's; either way the pickle names ``numpy.core.multiarray`` as the
+    device's does, so consumers on numpy 1.x and 2.x read it.
     """
 
     def __init__(
         self,
         framing: Framing = "multipart",
         *,
-        pickle_protocol: int = 4,
+        pickle_protocol: int | None = None,
         compact_json: bool | None = None,
     ) -> None:
         if framing not in ("legacy", "multipart"):
@@ -68,7 +74,9 @@ class StreamEncoder:
                 f"framing must be 'legacy' or 'multipart', not {framing!r}"
             )
         self.framing: Framing = framing
-        self.pickle_protocol = pickle_protocol
+        self.pickle_protocol = (
+            PICKLE_PROTOCOLS[framing] if pickle_protocol is None else pickle_protocol
+        )
         compact = framing == "legacy" if compact_json is None else compact_json
         self._separators = (",", ":") if compact else (", ", ": ")
 

@@ -29,7 +29,6 @@ the bytes of each into one block and view every column of every frame at once
 from __future__ import annotations
 
 import math
-import pickle
 from collections.abc import ItemsView, Iterator, Mapping, Sequence, ValuesView
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -39,6 +38,7 @@ import numpy.typing as npt
 
 from ._errors import ProtocolError, UnsafeMetadataError
 from ._pickle import ArraySpec, unpickle_arrays, view_arrays
+from ._pickle_writer import pickle_arrays
 
 __all__ = [
     "MAX_METADATA_BYTES",
@@ -438,7 +438,7 @@ class FrameMetadata(Mapping[str, npt.NDArray[Any]]):
 
 
 def encode_metadata(arrays: Sequence[npt.NDArray[Any]], protocol: int = 4) -> bytes:
-    """Pickle a list of numpy arrays as the detector does (protocol 3 or 4)."""
-    if protocol not in (3, 4):
-        raise ValueError("the detector sends pickle protocol 3 or 4")
-    return pickle.dumps([np.asarray(a) for a in arrays], protocol=protocol)
+    """Pickle a list of numpy arrays as the detector does (protocol 3 or 4,
+    naming ``numpy.core.multiarray`` whatever numpy is installed: see
+    :mod:`._pickle_writer`)."""
+    return pickle_arrays(arrays, protocol)
