@@ -106,7 +106,9 @@ def test_inspect_missing_file_exits_2(capsys: pytest.CaptureFixture[str]) -> Non
 def test_listen_json_summarises_a_running_stream(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    with XspressSimulator(channels=2, tango=False, count_rate=1e5) as sim:
+    with XspressSimulator(
+        channels=2, tango=False, count_rate=1e5, write_hdf5=False
+    ) as sim:
         det = sim.control
         det.exposure_time = 0.005
         det.n_frames_per_trigger = 100_000

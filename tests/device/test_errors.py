@@ -120,9 +120,9 @@ def test_device_stuck_running_after_its_frames_is_reported_as_such(
 ):
     sim.control.exposure_time = 0.01
     xspress = make_xspress(stall_timeout=1.0)
-    # frame 0 is sent, then the rest of the series (its series_end) is held back:
-    # every frame arrived, but the device stays RUNNING
-    sim.faults.stall_after = 0
+    # every frame arrives, but the device stays RUNNING (its frame counter
+    # never reaches the count it waits for)
+    sim.faults.stay_running = True
     with pytest.raises(Exception) as info:  # noqa: PT011
         RE(count([xspress], 1))
     # the first time-out in the chain is the one the user reads

@@ -200,14 +200,16 @@ def reader() -> Iterator[Callable[..., StreamReader]]:
 
 @pytest.fixture
 def engine(
-    reader: Callable[..., StreamReader],
+    reader: Callable[..., StreamReader], tmp_path: Path
 ) -> Iterator[Callable[..., tuple[SimulatedXspress3, StreamReader]]]:
     """Factory: ``engine(consumer="pull"|"sub", **options) -> (det, stream)``.
 
     Starts a :class:`SimulatedXspress3` on a free loopback port (``pace=False``
     unless given; a PUSH socket for ``consumer="pull"``) with a connected
-    consumer. Engines are closed before the consumers (this fixture depends on
-    ``reader``, so it is torn down first).
+    consumer. As on the device ``WriteHdf5`` starts true: the device's own
+    file goes to ``tmp_path/temp.h5`` unless the test says otherwise. Engines
+    are closed before the consumers (this fixture depends on ``reader``, so it
+    is torn down first).
     """
     made: list[SimulatedXspress3] = []
 
@@ -216,6 +218,7 @@ def engine(
     ) -> tuple[SimulatedXspress3, StreamReader]:
         options.setdefault("endpoint", LOOPBACK_ANY_PORT)
         options.setdefault("pace", False)
+        options.setdefault("destination_file_name", str(tmp_path / "temp.h5"))
         if consumer == "pull":
             options.setdefault("socket_type", "push")
         det = SimulatedXspress3(**options)
@@ -230,12 +233,13 @@ def engine(
 
 @pytest.fixture
 def tango_sim(
-    reader: Callable[..., StreamReader],
+    reader: Callable[..., StreamReader], tmp_path: Path
 ) -> Iterator[Callable[..., tuple[XspressSimulator, StreamReader]]]:
     """Factory: ``tango_sim(**options) -> (sim, stream)``, one at a time.
 
     An :class:`XspressSimulator` with its Tango device (``tango=True``) and a
-    SUB consumer on its stream; stopped at teardown before the consumer closes.
+    SUB consumer on its stream (the device's own file in ``tmp_path`` unless
+    told otherwise); stopped at teardown before the consumer closes.
     """
     made: list[XspressSimulator] = []
 
@@ -243,6 +247,7 @@ def tango_sim(
         assert not made, "one Tango device server per process (and per test)"
         options.setdefault("stream", LOOPBACK_ANY_PORT)
         options.setdefault("tango", True)
+        options.setdefault("destination_file_name", str(tmp_path / "temp.h5"))
         sim = XspressSimulator(**options)
         sim.start()
         made.append(sim)

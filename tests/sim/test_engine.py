@@ -29,6 +29,8 @@ from ophyd_xspress.protocol import (
 from ophyd_xspress.sim import (
     DEFAULT_SAMPLE,
     ELEMENT_LINES,
+    FRAMES_RULE,
+    ArmLeftRunningError,
     DevState,
     SimulatedXspress3,
     SimulatorError,
@@ -37,9 +39,11 @@ from ophyd_xspress.sim import (
     line_window,
 )
 
-#: ExposureTime 0.1 s, LatencyTime 100 ns, readout 25 ns (the real captures).
+#: ExposureTime 0.1 s, LatencyTime 100 ns, readout 25 ns (the real captures:
+#: MAX IV's scan program sets 100 ns; the device's own default is 0).
 EXPTIME_100MS = 0.099999875
 TICKS_100MS = 7_999_990
+LATENCY_100NS = 100e-9
 WINDOW_TAGS = (*DEFAULT_SCALER_NAMES, "window_counts")
 
 
@@ -105,6 +109,7 @@ def assert_frame_physics(frame: Frame, header: HeaderMessage | None = None) -> N
 
 def test_multipart_series_physics_per_frame(engine: Any) -> None:
     det, stream = engine(channels=4)
+    det.latency_time = LATENCY_100NS
     burst(det, 5)
     assert det.wait_idle(10)
     stream.read_series_ends(1)
@@ -373,7 +378,7 @@ def test_software_burst_one_trigger(engine: Any, wait_for: Any) -> None:
     det.software_trigger()
     assert det.wait_idle(5)
     assert det.state is DevState.STANDBY
-    assert det.status == "Device is in STANDBY"
+    assert det.status == ""  # the device's Status outside FAULT
     assert det.n_frames_acquired == 6
     assert not det.ready_for_sw_trigger
     stream.read_series_ends(1)
@@ -406,10 +411,11 @@ def test_software_one_frame_per_trigger(engine: Any, wait_for: Any) -> None:
 def test_external_multi_one_frame_per_rising_edge(engine: Any, wait_for: Any) -> None:
     det, stream = engine(channels=2)
     det.trigger_mode = TriggerMode.EXTERNAL_MULTI
+    det.latency_time = LATENCY_100NS
     det.n_triggers, det.n_frames_per_trigger = 4, 1
     det.arm()
     stream.read_until(lambda r: len(r.headers) == 1)
-    assert not det.ready_for_sw_trigger
+    assert det.ready_for_sw_trigger is False  # not SOFTWARE mode
     with pytest.raises(SimulatorError, match="SoftwareTrigger refused"):
         det.software_trigger()
     for n in range(4):
@@ -533,34 +539,27 @@ def test_unpaced_burst_is_fast(engine: Any) -> None:
 
 def test_invalid_configuration_refused(engine: Any, wait_for: Any) -> None:
     det, stream = engine(channels=1)
-    det.n_triggers, det.n_frames_per_trigger = 2, 3
-    with pytest.raises(SimulatorError, match="one of nTriggers and nFramesPerTrigger"):
-        det.arm()
-    assert det.state is DevState.STANDBY
+    # refused outright, state unchanged (the simulator's; the SDK decides on
+    # the device)
     det.n_triggers, det.n_frames_per_trigger = 0, 1
     with pytest.raises(SimulatorError, match=">= 1"):
         det.arm()
     assert det.state is DevState.STANDBY
-    # no time left for the frame
     det.n_triggers = 1
-    det.exposure_time = 50e-9
-    with pytest.raises((SimulatorError, ValueError)):
+    det.exposure_time = 20e-9  # less than the 25 ns readout: no frame left
+    with pytest.raises(SimulatorError, match="leaves no time"):
         det.arm()
     assert det.state is DevState.STANDBY
     det.exposure_time = 0.01
     # SoftwareTrigger refused when not armed
     with pytest.raises(SimulatorError, match="refused in state"):
         det.software_trigger()
-    # Arm refused while RUNNING
-    det.n_triggers = 2
-    det.arm()
-    with pytest.raises(SimulatorError, match="already RUNNING"):
-        det.arm()
     # SoftwareTrigger refused in EXTERNAL mode (even while armed)
+    det.n_triggers = 2
     det.trigger_mode = TriggerMode.EXTERNAL_MULTI
+    det.arm()
     with pytest.raises(SimulatorError, match="EXTERNAL_MULTI"):
         det.software_trigger()
-    det.trigger_mode = TriggerMode.SOFTWARE
     det.stop()
     assert det.wait_idle(5)
     stream.read_series_ends(1)
@@ -568,24 +567,68 @@ def test_invalid_configuration_refused(engine: Any, wait_for: Any) -> None:
     assert stream.sequence() == ["header", "series_end"]
 
 
+def test_both_counts_above_one_leave_the_device_running(engine: Any) -> None:
+    """DeviceServer.py 326 sets RUNNING, then Instrument.py 222-223 refuses
+    nFramesPerTrigger > 1 with nTriggers > 1: RUNNING, nothing sent, until
+    Stop (which sends its series_end)."""
+    det, stream = engine(channels=1)
+    det.n_triggers, det.n_frames_per_trigger = 2, 3
+    with pytest.raises(ArmLeftRunningError) as refused:
+        det.arm()
+    assert str(refused.value) == FRAMES_RULE
+    assert FRAMES_RULE == "nFramesPerTrigger can only be > 1 if nTriggers = 1"
+    assert det.state is DevState.RUNNING
+    assert det.ready_for_sw_trigger is True  # 0 frames, 0 triggers
+    assert not det.wait_idle(0.2)
+    assert stream.drain(0.2) == 0  # no header
+    det.stop()
+    assert det.wait_idle(5)
+    assert det.state is DevState.STANDBY
+    stream.read_series_ends(1)
+    assert stream.sequence() == ["series_end"]
+
+
+def test_arm_while_running_starts_a_new_series(engine: Any) -> None:
+    """As on the device: a new header, frame numbers from 0 again, and no
+    series_end for the abandoned series."""
+    det, stream = engine(channels=1)
+    det.n_triggers = 3
+    det.arm()
+    det.software_trigger()
+    stream.read_frames(1)
+    det.arm()
+    assert det.state is DevState.RUNNING
+    assert det.n_frames_acquired == 0
+    for n in range(3):
+        det.software_trigger()
+        stream.read_frames(2 + n)
+    assert det.wait_idle(5)
+    stream.read_series_ends(1)
+    assert stream.sequence() == ["header", 0, "header", 0, 1, 2, "series_end"]
+    assert stream.frames[-1] == det.expected_frame(1, 2)
+
+
 def test_state_machine_standby_running_standby(engine: Any, wait_for: Any) -> None:
+    """State, Status and ReadyForSwTrigger through a burst, as the device has
+    them (DeviceServer.py 313-322, 355-363): Status empty; ReadyForSwTrigger
+    True while frames acquired == triggers sent, no value (None) otherwise,
+    False once STANDBY."""
     det, _ = engine(channels=1, pace=True)
     det.exposure_time = 0.05
-    seen: list[tuple[DevState, str]] = [(det.state, det.status)]
+    seen = [(det.state, det.status, det.ready_for_sw_trigger)]
     det.n_frames_per_trigger = 8
     det.arm()
-    seen.append((det.state, det.status))
-    wait_for(lambda: det.ready_for_sw_trigger, what="ReadyForSwTrigger")
+    seen.append((det.state, det.status, det.ready_for_sw_trigger))
     det.software_trigger()
-    wait_for(lambda: det.status == "Acquiring", what="Acquiring")
-    seen.append((det.state, det.status))
+    wait_for(lambda: det.n_frames_acquired >= 2, what="2 frames")
+    seen.append((det.state, det.status, det.ready_for_sw_trigger))
     assert det.wait_idle(5)
-    seen.append((det.state, det.status))
+    seen.append((det.state, det.status, det.ready_for_sw_trigger))
     assert seen == [
-        (DevState.STANDBY, "Device is in STANDBY"),
-        (DevState.RUNNING, "Armed, waiting for triggers"),
-        (DevState.RUNNING, "Acquiring"),
-        (DevState.STANDBY, "Device is in STANDBY"),
+        (DevState.STANDBY, "", False),
+        (DevState.RUNNING, "", True),
+        (DevState.RUNNING, "", None),
+        (DevState.STANDBY, "", False),
     ]
     assert det.n_frames_acquired == 8
     # a new Arm resets the progress counter
@@ -799,7 +842,7 @@ def test_fault_after_goes_to_fault_then_clear(engine: Any) -> None:
     assert det.state is DevState.FAULT
     det.clear_fault()
     assert det.state is DevState.STANDBY
-    assert det.status == "Device is in STANDBY"
+    assert det.status == ""
     assert det.faults.fault_after is None  # one-shot
     burst(det, 2)
     assert det.wait_idle(5)
@@ -815,7 +858,11 @@ def test_fault_after_default_status_string(engine: Any) -> None:
     burst(det, 3)
     assert det.wait_idle(5)
     assert det.state is DevState.FAULT
-    assert "circular buffer overrun" in det.status
+    # the device's status when its streaming thread dies of an overrun
+    # (DeviceServer.py 368 with Streamer.py 139-140)
+    assert det.status == (
+        "My Streamer thread is dead with this error: Circular buffer overrun detected!"
+    )
     det.clear_fault()
     assert det.state is DevState.STANDBY
 
@@ -961,3 +1008,17 @@ def test_live_view_through_xspress_simulator(reader: Any) -> None:
         head, raw = _ask_live(live)
         assert json.loads(head)["frame"] == 1
         assert raw == sim.control.expected_frame(0, 1).spectra.tobytes()
+
+
+def test_stay_running_fault_keeps_running_until_stop(engine: Any) -> None:
+    """FaultPlan.stay_running: every frame sent, series_end too, yet RUNNING
+    (the frame counter never reaching its count); Stop ends it at once."""
+    det, stream = engine(channels=1)
+    det.faults.stay_running = True
+    burst(det, 3)
+    stream.read_series_ends(1)
+    assert stream.sequence() == ["header", 0, 1, 2, "series_end"]
+    assert det.state is DevState.RUNNING
+    det.stop()
+    assert det.state is DevState.STANDBY
+    assert det.faults.stay_running is False  # one series only

@@ -45,6 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="without --tango: arm and stream frames of EXPOSURE s continuously",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--destination-file",
+        default="/tmp/temp.h5",
+        help="the device's DestinationFileName (default %(default)s, the device's)",
+    )
+    parser.add_argument(
+        "--no-write-hdf5",
+        action="store_true",
+        help="start with WriteHdf5 off (on the device it starts on: every Arm "
+        "writes the device's own file; --free-run never writes it)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
             live_view=live,
             count_rate=args.count_rate,
             seed=args.seed,
+            destination_file_name=args.destination_file,
+            write_hdf5=not (args.no_write_hdf5 or args.free_run),
         ).start()
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"ophyd-xspress sim: error: {exc}", file=sys.stderr)

@@ -6,6 +6,8 @@ Modules, from the physics up:
 * ``_spectrum``: detector response and sample model, the spectrum's shape;
 * ``_processor``: rates, dead time, event sampling, the scalers of a frame;
 * ``_faults``: :class:`FaultPlan` and the pure packet -> messages injector;
+* ``_counters``: the hardware window counters served with ``ReturnCounters``;
+* ``_device_file``: the device's own HDF5 file (``WriteHdf5``);
 * ``_frames``: the header and the deterministic frames of a series;
 * ``_state``: the device's states and every transition between them;
 * ``_worker``: the worker thread: commands in, series acquired, packets out;
@@ -23,15 +25,21 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._engine import SimulatedXspress3
+    from ._device_file import DeviceFileWriter, device_file_name
+    from ._engine import DEVICE_DEFAULTS, FRAMES_RULE, SimulatedXspress3
     from ._faults import FaultPlan
     from ._lines import ELEMENT_LINES, EmissionLine, emission_line, energy_window
     from ._processor import clock_ticks_for_exposure
     from ._simulator import XspressSimulator
     from ._spectrum import DEFAULT_SAMPLE, SampleModel, fwhm_ev, line_window
-    from ._state import DevState, SimulatorError, TriggerMode
+    from ._state import ArmLeftRunningError, DevState, SimulatorError, TriggerMode
+    from ._tango import Xspress3DS
 
 _LAZY = {
+    "DeviceFileWriter": "._device_file",
+    "device_file_name": "._device_file",
+    "DEVICE_DEFAULTS": "._engine",
+    "FRAMES_RULE": "._engine",
     "SimulatedXspress3": "._engine",
     "FaultPlan": "._faults",
     "ELEMENT_LINES": "._lines",
@@ -44,23 +52,31 @@ _LAZY = {
     "SampleModel": "._spectrum",
     "fwhm_ev": "._spectrum",
     "line_window": "._spectrum",
+    "ArmLeftRunningError": "._state",
     "DevState": "._state",
     "SimulatorError": "._state",
     "TriggerMode": "._state",
+    "Xspress3DS": "._tango",
 }
 
 __all__ = [
     "DEFAULT_SAMPLE",
+    "DEVICE_DEFAULTS",
     "ELEMENT_LINES",
+    "FRAMES_RULE",
+    "ArmLeftRunningError",
     "DevState",
+    "DeviceFileWriter",
     "EmissionLine",
     "FaultPlan",
     "SampleModel",
     "SimulatedXspress3",
     "SimulatorError",
     "TriggerMode",
+    "Xspress3DS",
     "XspressSimulator",
     "clock_ticks_for_exposure",
+    "device_file_name",
     "emission_line",
     "energy_window",
     "fwhm_ev",

@@ -9,6 +9,14 @@ of a series (:mod:`._frames`), the worker thread that acquires and sends them
 publisher (:mod:`._publisher`). Commands from any thread are queued to the
 worker.
 
+Defaults, types and out-of-range behaviour are the device's
+(``xspress3/DeviceServer.py`` in maxiv-science/xspress3-streamer): ``WriteHdf5``
+true (the device then writes its own file, :mod:`._device_file`),
+``LatencyTime`` 0, ``DestinationFileName`` ``/tmp/temp.h5``; hardware windows
+clamped into the spectrum; an Arm with both ``nTriggers`` and
+``nFramesPerTrigger`` above 1 refused *after* going to RUNNING. The
+``tests/sim/test_device_interface.py`` table cites each fact.
+
 Frames are deterministic: frame ``n`` of series ``s`` is drawn from a random
 generator seeded with ``(seed, s, n)``, so :meth:`SimulatedXspress3.expected_frame`
 regenerates exactly what was sent (tests compare bit for bit without keeping
@@ -21,26 +29,54 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
-from .._constants import CLOCK_HZ, HARDWARE_WINDOWS, MIN_LATENCY, READOUT_TIME
+from .._constants import CLOCK_HZ, READOUT_TIME
 from ..protocol import Frame, Framing, HeaderMessage
+from ._channels import ChannelSettings
+from ._counters import WindowCounters
 from ._faults import FaultPlan
 from ._frames import FrameSource, SeriesSettings
 from ._processor import clock_ticks_for_exposure
 from ._publisher import DEFAULT_ENDPOINT, DEFAULT_SNDHWM, LiveView, StreamPublisher
 from ._spectrum import DEFAULT_SAMPLE, SampleModel, line_window
-from ._state import DeviceState, DevState, SimulatorError, TriggerMode
-from ._worker import Cmd, Commands, Worker
+from ._state import (
+    ArmLeftRunningError,
+    DeviceState,
+    DevState,
+    SimulatorError,
+    TriggerMode,
+)
+from ._worker import Cmd, Commands, SeriesPlan, Worker
 
-__all__ = ["SimulatedXspress3"]
+__all__ = ["DEVICE_DEFAULTS", "FRAMES_RULE", "DeviceDefaults", "SimulatedXspress3"]
 
 log = logging.getLogger("ophyd_xspress.sim")
 
 MAX_CHANNELS: Final = 8
+
+
+@dataclass(frozen=True)
+class DeviceDefaults:
+    """The device's attribute values at start-up (DeviceServer.py 25-31, 112)."""
+
+    exposure_time: float = 0.1
+    n_triggers: int = 1
+    n_frames_per_trigger: int = 1
+    latency_time: float = 0.0
+    trigger_mode: str = "SOFTWARE"
+    destination_file_name: str = "/tmp/temp.h5"
+    destination_file_overwritable: bool = False
+    write_hdf5: bool = True
+
+
+DEVICE_DEFAULTS: Final = DeviceDefaults()
+#: The Arm the device refuses once RUNNING (Instrument.py 222-223).
+FRAMES_RULE: Final = "nFramesPerTrigger can only be > 1 if nTriggers = 1"
 
 
 def _per_channel(value: float | Sequence[float] | npt.ArrayLike, n: int) -> Any:
@@ -74,8 +110,10 @@ class SimulatedXspress3:
         event_width: int | Sequence[int] = 6,
         seed: int = 0,
         pace: bool = True,
-        pickle_protocol: int = 4,
+        pickle_protocol: int | None = None,
         sndhwm: int | None = None,
+        write_hdf5: bool = DEVICE_DEFAULTS.write_hdf5,
+        destination_file_name: str = DEVICE_DEFAULTS.destination_file_name,
     ) -> None:
         if not 1 <= channels <= MAX_CHANNELS:
             raise ValueError(f"channels must be 1..{MAX_CHANNELS}, got {channels}")
@@ -84,21 +122,29 @@ class SimulatedXspress3:
         self.frames = FrameSource(sample, seed, framing)
         self.pace = pace
         self.count_rate = _per_channel(count_rate, channels)
-        self.event_widths = _per_channel(event_width, channels).astype(np.int32)
         # Tango-like attributes (snake_case of the device's names)
-        self.exposure_time = 0.1
-        self.latency_time = MIN_LATENCY
-        self.n_triggers = 1
-        self.n_frames_per_trigger = 1
-        self.trigger_mode = TriggerMode.SOFTWARE
-        self.destination_file_name = "/tmp/xspress3_sim.hdf5"
-        self.destination_file_overwritable = False
-        self.write_hdf5 = False
+        self.exposure_time = DEVICE_DEFAULTS.exposure_time
+        self.latency_time = DEVICE_DEFAULTS.latency_time
+        self.n_triggers = DEVICE_DEFAULTS.n_triggers
+        self.n_frames_per_trigger = DEVICE_DEFAULTS.n_frames_per_trigger
+        self.trigger_mode = TriggerMode(DEVICE_DEFAULTS.trigger_mode)
+        self.destination_file_name = destination_file_name
+        self.destination_file_overwritable = (
+            DEVICE_DEFAULTS.destination_file_overwritable
+        )
+        #: The device writes its own HDF5 file at every Arm (default True).
+        self.write_hdf5 = write_hdf5
         self.readout_time = READOUT_TIME
-        # windows[w][c] = [lo, hi] inclusive bins; default: Fe Kα and Cu Kα
-        self.windows = np.zeros((HARDWARE_WINDOWS, channels, 2), dtype=np.int64)
-        self.windows[0, :] = line_window(self.sample, "Fe", "Ka1")
-        self.windows[1, :] = line_window(self.sample, "Cu", "Ka1")
+        #: Hardware windows and event widths (default windows: Fe Kα, Cu Kα).
+        self.hardware = ChannelSettings(
+            channels,
+            _per_channel(event_width, channels).astype(np.int32),
+            [line_window(sample, "Fe", "Ka1"), line_window(sample, "Cu", "Ka1")],
+        )
+        #: ``windows[w][c] = [lo, hi]`` inclusive bins (``hardware.windows``).
+        self.windows = self.hardware.windows
+        #: Window counts per frame for ReadRaw/DtcCounts (``return_counters``).
+        self.counters = WindowCounters()
         self.faults = FaultPlan()
         #: State, status and counters, with every transition (read-only here).
         self.device_state = DeviceState()
@@ -109,7 +155,8 @@ class SimulatedXspress3:
             socket_type="push" if socket_type == "push" else "pub",
             sndhwm=DEFAULT_SNDHWM if sndhwm is None else sndhwm,
         )
-        self.publisher.encoder.pickle_protocol = pickle_protocol
+        if pickle_protocol is not None:
+            self.publisher.encoder.pickle_protocol = pickle_protocol
         self.live = LiveView(live_endpoint) if live_endpoint else None
         self._worker = Worker(self, self._commands)
         self._thread: threading.Thread | None = None
@@ -179,8 +226,24 @@ class SimulatedXspress3:
         return self.device_state.n_frames_acquired
 
     @property
-    def ready_for_sw_trigger(self) -> bool:
+    def ready_for_sw_trigger(self) -> bool | None:
+        """The device's ``ReadyForSwTrigger``: None where it has no value
+        (RUNNING in SOFTWARE mode with frames acquired != triggers sent)."""
         return self.device_state.ready_for_sw_trigger
+
+    @property
+    def return_counters(self) -> bool:
+        """The ``ReturnCounters`` property: keep window counts for Tango."""
+        return self.counters.enabled
+
+    @return_counters.setter
+    def return_counters(self, value: bool) -> None:
+        self.counters.enabled = bool(value)
+
+    @property
+    def event_widths(self) -> npt.NDArray[np.int32] | npt.NDArray[np.int64]:
+        """Per-channel event widths (ticks): see :class:`ChannelSettings`."""
+        return self.hardware.event_widths
 
     @property
     def series_index(self) -> int:
@@ -201,18 +264,43 @@ class SimulatedXspress3:
 
     # -- commands ----------------------------------------------------------------
     def arm(self) -> None:
-        self.device_state.arm(self._check_arm)
-        self._commands.put(Cmd.ARM)
+        """Start a series (also while one runs: the device starts another)."""
+        plan = self._series_plan()
+        software = self.trigger_mode is TriggerMode.SOFTWARE
+        due = self.n_triggers * self.n_frames_per_trigger
+        arm = self.device_state.arm(self._check_arm, due, software)
+        self.counters.reset()
+        if self.n_triggers != 1 and self.n_frames_per_trigger != 1:
+            self._commands.put(Cmd.ARM_NO_SERIES, replace(plan, arm=arm))
+            raise ArmLeftRunningError(FRAMES_RULE)
+        self._commands.put(Cmd.ARM, replace(plan, arm=arm))
 
     def _check_arm(self) -> None:
+        """What the simulator refuses outright, state unchanged (the device
+        would hand it to the SDK)."""
         if self.n_triggers < 1 or self.n_frames_per_trigger < 1:
-            raise SimulatorError("nTriggers and nFramesPerTrigger must be >= 1")
-        if self.n_triggers != 1 and self.n_frames_per_trigger != 1:
             raise SimulatorError(
-                "one of nTriggers and nFramesPerTrigger must be 1 "
-                f"(got {self.n_triggers} and {self.n_frames_per_trigger})"
+                f"nTriggers ({self.n_triggers}) and nFramesPerTrigger "
+                f"({self.n_frames_per_trigger}) must be >= 1"
             )
         self.frame_timing()  # validates exposure vs latency
+
+    def _series_plan(self) -> SeriesPlan:
+        try:
+            settings = self.series_settings()
+        except ValueError as exc:
+            raise SimulatorError(str(exc)) from None
+        return SeriesPlan(
+            arm=0,
+            settings=settings,
+            header=self.header(),
+            mode=self.trigger_mode,
+            n_triggers=self.n_triggers,
+            per_trigger=self.n_frames_per_trigger,
+            exposure=self.exposure_time,
+            # DeviceServer.py 328: WriteHdf5 and a file name
+            device_file=bool(self.write_hdf5 and self.destination_file_name),
+        )
 
     def software_trigger(self) -> None:
         if self.trigger_mode is not TriggerMode.SOFTWARE:
@@ -221,12 +309,14 @@ class SimulatedXspress3:
             )
         if self.state is not DevState.RUNNING:
             raise SimulatorError(f"SoftwareTrigger refused in state {self.state}")
+        self.device_state.software_trigger()
         self._commands.put(Cmd.TRIGGER)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop an acquisition; returns once the device has left RUNNING (like
-        the real command) or after ``timeout``."""
+        """Stop an acquisition: STANDBY at once, like the real command; returns
+        once the series has ended (its series_end sent) or after ``timeout``."""
         self._commands.put(Cmd.STOP)
+        self.device_state.stopped()
         if self._thread is not None and threading.current_thread() is not self._thread:
             self.device_state.wait_idle(timeout)
 

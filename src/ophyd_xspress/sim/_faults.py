@@ -54,7 +54,10 @@ class FaultPlan:
       header) until :meth:`release` (acquisition goes on; frames queue up and
       are sent on release);
     * ``restart_publisher_after``: close and re-bind the socket after this frame;
-    * ``fault_after``: go to FAULT after this frame with ``fault_status``.
+    * ``fault_after``: go to FAULT after this frame with ``fault_status``;
+    * ``stay_running``: the device does not leave RUNNING after its last frame
+      (its frame counter never reaches the count it waits for): only Stop
+      ends it.
     """
 
     drop_frames: set[int] = field(default_factory=set)
@@ -64,9 +67,11 @@ class FaultPlan:
     stall_after: int | None = None
     restart_publisher_after: int | None = None
     fault_after: int | None = None
+    stay_running: bool = False
+    #: The device's status when its streaming thread dies of a circular
+    #: buffer overrun (DeviceServer.py 364-368, Streamer.py 138-140).
     fault_status: str = (
-        "FAULT: hardware circular buffer overrun, frames lost; Init the device "
-        "and re-Arm"
+        "My Streamer thread is dead with this error: Circular buffer overrun detected!"
     )
     # Set from any thread, read by the engine's worker: a plain attribute
     # write is atomic, and the worker looks again at every packet it sends.
@@ -95,6 +100,7 @@ class FaultPlan:
         self.stall_after = None
         self.restart_publisher_after = None
         self.fault_after = None
+        self.stay_running = False
         self._released = True
 
 

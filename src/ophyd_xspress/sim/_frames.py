@@ -42,7 +42,7 @@ class SeriesSettings:
     exptime: float
     ticks: int
     count_rate: npt.NDArray[np.float64]
-    event_widths: npt.NDArray[np.int32]
+    event_widths: npt.NDArray[np.int32] | npt.NDArray[np.int64]
     windows: npt.NDArray[np.int64]
 
 
@@ -98,9 +98,10 @@ class FrameSource:
         multipart = self.framing == "multipart"
         arrays = sim.scaler_list(settings.windows if multipart else None)
         names = WINDOW_TAGS if multipart else DEFAULT_SCALER_NAMES
-        return make_frame(
-            number,
-            sim.spectra,
-            dict(zip(names, arrays, strict=True)),
-            exptime=settings.exptime,
+        metadata = dict(zip(names, arrays, strict=True))
+        # int32 as read from the hardware; int64 when the EventWidths property
+        # overrides them (a list of Python ints, Instrument.py 113-118, 330)
+        metadata["event_width"] = metadata["event_width"].astype(
+            settings.event_widths.dtype, copy=False
         )
+        return make_frame(number, sim.spectra, metadata, exptime=settings.exptime)

@@ -182,29 +182,8 @@ class SimulatedFrame:
         return int(self.spectra.shape[0])
 
     def window_counts(self, windows: ArrayLike) -> NDArray[np.uint32]:
-        """Counts in inclusive ``[lo, hi]`` bin windows, shape ``(windows, channels)``.
-
-        ``windows`` is ``(n, 2)`` (same window for every channel) or
-        ``(n, channels, 2)`` (the header ``limits`` layout). Bounds are clipped to
-        the spectrum; an empty window (``hi < lo``) counts 0. Raw, not corrected.
-        """
-        w = np.asarray(windows, dtype=np.int64)
-        nchan, nbins = self.spectra.shape
-        if w.ndim == 2 and w.shape[1] == 2:
-            w = np.broadcast_to(w[:, None, :], (w.shape[0], nchan, 2))
-        if w.ndim != 3 or w.shape[1:] != (nchan, 2):
-            raise ValueError(
-                f"windows must be (n, 2) or (n, {nchan}, 2), got {w.shape}"
-            )
-        lo = np.clip(w[..., 0], 0, nbins)
-        hi = np.clip(w[..., 1], -1, nbins - 1)
-        empty = hi < lo  # also a window wholly outside the spectrum
-        # roi_sums takes (channels, windows, 2) with 0 <= lo <= hi < bins
-        safe_lo = np.where(empty, 0, lo)
-        safe_hi = np.where(empty, 0, hi)
-        limits = np.stack((safe_lo, safe_hi), axis=-1).transpose(1, 0, 2)
-        sums = roi_sums(self.spectra, limits).T
-        return np.where(empty, 0, sums).astype(np.uint32)
+        """Counts in the hardware windows: see :func:`window_counts`."""
+        return window_counts(self.spectra, windows)
 
     def scaler_list(
         self, windows: ArrayLike | None = None
@@ -228,6 +207,32 @@ class SimulatedFrame:
         if windows is not None:
             out.append(self.window_counts(windows))
         return out
+
+
+def window_counts(
+    spectra: NDArray[np.uint32], windows: ArrayLike
+) -> NDArray[np.uint32]:
+    """Counts in inclusive ``[lo, hi]`` bin windows, shape ``(windows, channels)``.
+
+    ``windows`` is ``(n, 2)`` (same window for every channel) or
+    ``(n, channels, 2)`` (the header ``limits`` layout). Bounds are clipped to
+    the spectrum; an empty window (``hi < lo``) counts 0. Raw, not corrected.
+    """
+    w = np.asarray(windows, dtype=np.int64)
+    nchan, nbins = spectra.shape
+    if w.ndim == 2 and w.shape[1] == 2:
+        w = np.broadcast_to(w[:, None, :], (w.shape[0], nchan, 2))
+    if w.ndim != 3 or w.shape[1:] != (nchan, 2):
+        raise ValueError(f"windows must be (n, 2) or (n, {nchan}, 2), got {w.shape}")
+    lo = np.clip(w[..., 0], 0, nbins)
+    hi = np.clip(w[..., 1], -1, nbins - 1)
+    empty = hi < lo  # also a window wholly outside the spectrum
+    # roi_sums takes (channels, windows, 2) with 0 <= lo <= hi < bins
+    safe_lo = np.where(empty, 0, lo)
+    safe_hi = np.where(empty, 0, hi)
+    limits = np.stack((safe_lo, safe_hi), axis=-1).transpose(1, 0, 2)
+    sums = roi_sums(spectra, limits).T
+    return np.where(empty, 0, sums).astype(np.uint32)
 
 
 # Below this many expected counts per support bin, placing events one by one

@@ -13,7 +13,7 @@ binds to loopback unless told otherwise.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..protocol import Framing
@@ -32,6 +32,11 @@ class XspressSimulator:
 
     ``stream`` defaults to a free loopback port (``tcp://127.0.0.1:0``); pass
     ``"tcp://127.0.0.1:9999"`` to mimic the real device's port.
+    ``device_properties`` are the Tango device's properties (``ReturnCounters``,
+    ``EventWidths``, ...). As on the real device ``WriteHdf5`` starts true:
+    every Arm writes the device's own HDF5 file at ``DestinationFileName``
+    (``/tmp/temp.h5`` unless ``destination_file_name`` says otherwise); pass
+    ``write_hdf5=False`` to start with it off.
     """
 
     def __init__(
@@ -50,6 +55,7 @@ class XspressSimulator:
         event_width: int | Sequence[int] = 6,
         seed: int = 0,
         pace: bool = True,
+        device_properties: Mapping[str, Any] | None = None,
         **engine_options: Any,
     ) -> None:
         self.control = SimulatedXspress3(
@@ -65,7 +71,9 @@ class XspressSimulator:
             **engine_options,
         )
         self._tango = (
-            TangoServer(self.control, device_name, tango_host, tango_port)
+            TangoServer(
+                self.control, device_name, tango_host, tango_port, device_properties
+            )
             if tango
             else None
         )

@@ -1,10 +1,21 @@
 # pyright: reportRedeclaration=false
+# pyright: reportRedeclaration=false
 """A Tango device server with the interface of the MAX IV ``Xspress3DS``.
 
-It is a thin shell around :class:`SimulatedXspress3`: every attribute read or
-write and every command goes straight to the engine. It runs without a Tango
-database through pytango's :class:`~tango.test_context.DeviceTestContext`; the
-engine is found through a registry keyed by the ``EngineKey`` device property.
+Every attribute, command and device property has the name, Tango type, access,
+format and default of the device's (``xspress3/DeviceServer.py`` in
+maxiv-science/xspress3-streamer; ``tests/sim/test_device_interface.py`` checks
+them against a table citing its lines), and answers out-of-range values as it
+does: any number is accepted for times and counts (an impossible combination
+is refused at Arm), a hardware window is clamped into the spectrum, a
+``TriggerMode`` outside the three modes fails with the device's message,
+``ReadyForSwTrigger`` has no value while frames are due, ``Status`` is empty
+outside FAULT.
+
+It is a thin shell around :class:`SimulatedXspress3`: every read, write and
+command goes straight to the engine. It runs without a Tango database through
+pytango's :class:`~tango.test_context.DeviceTestContext`; the engine is found
+through a registry keyed by the device's name.
 """
 
 from __future__ import annotations
@@ -15,16 +26,14 @@ import os
 import signal
 import sys
 import threading
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
-import numpy as np
-from tango import AttrWriteType, DevState
+from tango import Attr, AttrWriteType, CmdArgType, DevState, SpectrumAttr
 from tango.server import Device, attribute, command, device_property
 from tango.test_context import DeviceTestContext
 
-from .._constants import DEFAULT_BINS, HARDWARE_WINDOWS
+from .._constants import HARDWARE_WINDOWS
 from ._engine import SimulatedXspress3
 from ._state import DevState as SimState
 from ._state import SimulatorError, TriggerMode
@@ -39,21 +48,46 @@ _STATES = {
     SimState.RUNNING: DevState.RUNNING,
     SimState.FAULT: DevState.FAULT,
 }
+#: The device's message for a TriggerMode it does not know (DeviceServer.py 72-73).
+TRIGGER_MODE_ERROR = "TriggerMode can be " + " or ".join(m.value for m in TriggerMode)
+#: (command, window, dead-time corrected) served with ``ReturnCounters``.
+COUNTER_COMMANDS = (
+    ("ReadRawCounts_Window1", 1, False),
+    ("ReadRawCounts_Window2", 2, False),
+    ("ReadDtcCounts_Window1", 1, True),
+    ("ReadDtcCounts_Window2", 2, True),
+)
 
 
 class Xspress3DS(Device):
-    """Simulated Xspress3 (same attributes, commands and states as MAX IV's)."""
+    """Simulated Xspress3 (the attributes, commands and states of MAX IV's)."""
 
-    EngineKey = device_property(dtype=str, mandatory=True)
+    HeaderPath = device_property(dtype=str, default_value="/opt/xspress3-sdk/include")
+    Name = device_property(dtype=str, default_value="")
+    ConfigPath = device_property(dtype=str, default_value="/home/xspress3/settings")
+    StreamerPort = device_property(dtype=int, default_value=9999)
+    MonitorPort = device_property(dtype=int, default_value=9998)
+    BaseIP = device_property(dtype=str, default_value="")
+    BasePort = device_property(dtype=int, default_value=-1)
+    BaseMAC = device_property(dtype=str, default_value="")
+    ReturnCounters = device_property(dtype=bool, default_value=False)
+    EventWidths = device_property(dtype=(int,), default_value=[])
     engine: SimulatedXspress3
 
     def init_device(self) -> None:
         super().init_device()
         with _ENGINES_LOCK:
-            self.engine = _ENGINES[str(self.EngineKey)]
+            self.engine = _ENGINES[str(self.get_name()).lower()]
+        engine = self.engine
+        widths: Any = self.EventWidths  # the property's value once initialised
+        engine.hardware.override_event_widths([int(v) for v in widths])
+        engine.return_counters = bool(self.ReturnCounters)
         # Tango's Init command re-runs init_device: like the real device, a
         # re-initialisation leaves FAULT.
-        self.engine.clear_fault()
+        engine.clear_fault()
+        self._add_channel_attributes()
+        if engine.return_counters:
+            self._add_counter_commands()
 
     def dev_state(self) -> DevState:
         return _STATES[self.engine.state]
@@ -61,80 +95,80 @@ class Xspress3DS(Device):
     def dev_status(self) -> str:
         return self.engine.status
 
-    # -- scalar attributes ---------------------------------------------------
-    @attribute(dtype=float, access=AttrWriteType.READ_WRITE, unit="s", format="%.9f")
+    # -- scalar attributes (DeviceServer.py 34-90, 293-322) --------------------
+    @attribute(dtype=float, format="%e")
     def ExposureTime(self) -> float:
         return self.engine.exposure_time
 
-    @ExposureTime.write
+    @ExposureTime.setter
     def ExposureTime(self, value: float) -> None:
-        if not value > 0:
-            raise ValueError(f"ExposureTime must be > 0, got {value}")
         self.engine.exposure_time = float(value)
 
-    @attribute(dtype=float, access=AttrWriteType.READ_WRITE, unit="s", format="%.9f")
-    def LatencyTime(self) -> float:
-        return self.engine.latency_time
-
-    @LatencyTime.write
-    def LatencyTime(self, value: float) -> None:
-        if value < 0:
-            raise ValueError(f"LatencyTime must be >= 0, got {value}")
-        self.engine.latency_time = float(value)
-
-    @attribute(dtype=int, access=AttrWriteType.READ_WRITE)
+    @attribute(dtype=int)
     def nTriggers(self) -> int:
         return self.engine.n_triggers
 
-    @nTriggers.write
+    @nTriggers.setter
     def nTriggers(self, value: int) -> None:
         self.engine.n_triggers = int(value)
 
-    @attribute(dtype=int, access=AttrWriteType.READ_WRITE)
+    @attribute(dtype=int)
     def nFramesPerTrigger(self) -> int:
         return self.engine.n_frames_per_trigger
 
-    @nFramesPerTrigger.write
+    @nFramesPerTrigger.setter
     def nFramesPerTrigger(self, value: int) -> None:
         self.engine.n_frames_per_trigger = int(value)
 
-    @attribute(dtype=str, access=AttrWriteType.READ_WRITE)
+    @attribute(dtype=float, format="%.2e")
+    def LatencyTime(self) -> float:
+        return self.engine.latency_time
+
+    @LatencyTime.setter
+    def LatencyTime(self, value: float) -> None:
+        self.engine.latency_time = float(value)
+
+    @attribute(dtype=str)
     def TriggerMode(self) -> str:
         return str(self.engine.trigger_mode)
 
-    @TriggerMode.write
+    @TriggerMode.setter
     def TriggerMode(self, value: str) -> None:
-        try:
-            self.engine.trigger_mode = TriggerMode(value)
-        except ValueError:
-            modes = ", ".join(m.value for m in TriggerMode)
-            raise ValueError(
-                f"TriggerMode must be one of {modes}, not {value!r}"
-            ) from None
+        if value not in tuple(TriggerMode):
+            raise AssertionError(TRIGGER_MODE_ERROR)
+        self.engine.trigger_mode = TriggerMode(value)
 
-    @attribute(dtype=str, access=AttrWriteType.READ_WRITE)
+    @attribute(dtype=str, hw_memorized=True)
     def DestinationFileName(self) -> str:
         return self.engine.destination_file_name
 
-    @DestinationFileName.write
+    @DestinationFileName.setter
     def DestinationFileName(self, value: str) -> None:
         self.engine.destination_file_name = value
 
-    @attribute(dtype=bool, access=AttrWriteType.READ_WRITE)
+    @attribute(dtype=bool)
     def DestinationFileOverwritable(self) -> bool:
         return self.engine.destination_file_overwritable
 
-    @DestinationFileOverwritable.write
+    @DestinationFileOverwritable.setter
     def DestinationFileOverwritable(self, value: bool) -> None:
         self.engine.destination_file_overwritable = bool(value)
 
-    @attribute(dtype=bool, access=AttrWriteType.READ_WRITE)
+    @attribute(
+        dtype=bool,
+        doc="At every Arm, the device writes its own stream to an HDF5 file "
+        "(DestinationFileName).",
+    )
     def WriteHdf5(self) -> bool:
         return self.engine.write_hdf5
 
-    @WriteHdf5.write
+    @WriteHdf5.setter
     def WriteHdf5(self, value: bool) -> None:
         self.engine.write_hdf5 = bool(value)
+
+    @attribute(dtype=float, format="%.2e")
+    def ReadoutTime(self) -> float:
+        return self.engine.readout_time
 
     @attribute(dtype=int)
     def nFramesAcquired(self) -> int:
@@ -144,76 +178,46 @@ class Xspress3DS(Device):
     def nChannels(self) -> int:
         return self.engine.n_channels
 
-    @attribute(dtype=float, unit="s")
-    def ReadoutTime(self) -> float:
-        return self.engine.readout_time
-
     @attribute(dtype=bool)
-    def ReadyForSwTrigger(self) -> bool:
+    def ReadyForSwTrigger(self) -> bool | None:
+        # None: no value, the client's read fails as on the device
         return self.engine.ready_for_sw_trigger
 
-    # -- per-channel attributes ------------------------------------------------
-    def initialize_dynamic_attributes(self) -> None:
+    # -- per-channel attributes (DeviceServer.py 160-212, 282-291) ---------------
+    def _add_channel_attributes(self) -> None:
         for ch in range(self.engine.n_channels):
             for w in range(HARDWARE_WINDOWS):
+                window = SpectrumAttr(
+                    f"Window{w + 1}_Ch{ch}",
+                    CmdArgType.DevLong,
+                    AttrWriteType.READ_WRITE,
+                    2,
+                )
                 self.add_attribute(
-                    attribute(
-                        name=f"Window{w + 1}_Ch{ch}",
-                        dtype=(int,),
-                        max_dim_x=2,
-                        access=AttrWriteType.READ_WRITE,
-                        fget=self._window_reader(w, ch),
-                        fset=self._window_writer(w, ch),
-                    )
+                    window, r_meth=self.read_window, w_meth=self.write_window
                 )
-            self.add_attribute(
-                attribute(
-                    name=f"EventWidth_Ch{ch}",
-                    dtype=int,
-                    access=AttrWriteType.READ_WRITE,
-                    unit="ticks",
-                    fget=self._event_width_reader(ch),
-                    fset=self._event_width_writer(ch),
-                )
-            )
+            width = Attr(f"EventWidth_Ch{ch}", CmdArgType.DevShort, AttrWriteType.READ)
+            self.add_attribute(width, r_meth=self.read_event_width)
 
-    def _window_reader(self, w: int, ch: int) -> Callable[..., Any]:
-        def read(device: Xspress3DS, attr: Any) -> list[int]:
-            return [int(x) for x in self.engine.windows[w, ch]]
+    @staticmethod
+    def _window_of(attr: Any) -> tuple[int, int]:
+        name = str(attr.get_name())
+        return (0 if name.startswith("Window1") else 1), int(name.split("Ch")[1])
 
-        read.__name__ = f"read_Window{w + 1}_Ch{ch}"
-        return read
+    def read_window(self, attr: Any) -> None:
+        w, ch = self._window_of(attr)
+        attr.set_value([int(x) for x in self.engine.windows[w, ch]])
 
-    def _window_writer(self, w: int, ch: int) -> Callable[..., None]:
-        def write(device: Xspress3DS, attr: Any) -> None:
-            value = [int(x) for x in attr.get_write_value()]
-            if len(value) != 2 or not 0 <= value[0] <= value[1] < DEFAULT_BINS:
-                raise ValueError(
-                    f"window must be [low, high] bins in 0..{DEFAULT_BINS - 1}: {value}"
-                )
-            self.engine.windows[w, ch] = np.asarray(value, dtype=np.int64)
+    def write_window(self, attr: Any) -> None:
+        w, ch = self._window_of(attr)
+        value = attr.get_write_value()
+        self.engine.hardware.set_window(w, ch, int(value[0]), int(value[1]))
 
-        write.__name__ = f"write_Window{w + 1}_Ch{ch}"
-        return write
+    def read_event_width(self, attr: Any) -> None:
+        ch = int(str(attr.get_name()).split("Ch")[1])
+        attr.set_value(int(self.engine.event_widths[ch]))
 
-    def _event_width_reader(self, ch: int) -> Callable[..., int]:
-        def read(device: Xspress3DS, attr: Any) -> int:
-            return int(self.engine.event_widths[ch])
-
-        read.__name__ = f"read_EventWidth_Ch{ch}"
-        return read
-
-    def _event_width_writer(self, ch: int) -> Callable[..., None]:
-        def write(device: Xspress3DS, attr: Any) -> None:
-            value = int(attr.get_write_value())
-            if not 0 <= value < 1024:
-                raise ValueError(f"event width must be 0..1023 ticks, got {value}")
-            self.engine.event_widths[ch] = value
-
-        write.__name__ = f"write_EventWidth_Ch{ch}"
-        return write
-
-    # -- commands ----------------------------------------------------------------
+    # -- commands (DeviceServer.py 174-183, 214-279, 324-353) --------------------
     @command
     def Arm(self) -> None:
         try:
@@ -232,6 +236,33 @@ class Xspress3DS(Device):
     def Stop(self) -> None:
         # returns once STANDBY, within the 3 s default Tango client timeout
         self.engine.stop(timeout=2.0)
+
+    def _add_counter_commands(self) -> None:
+        for name, window, corrected in COUNTER_COMMANDS:
+            what = "dead-time corrected" if corrected else "raw"
+            self.add_command(
+                command(
+                    f=self._counter_command(name, window, corrected),
+                    dtype_in=(int,),
+                    dtype_out=(float,) if corrected else (int,),
+                    doc_in="[channel, first frame, last frame] (frames from 1)",
+                    doc_out=f"{what} counts of hardware window {window}, one "
+                    "per frame (-1 for a frame not acquired yet)",
+                ),
+                True,
+            )
+
+    def _counter_command(
+        self, name: str, window: int, corrected: bool
+    ) -> Callable[[Any], Any]:
+        def read(args: Any) -> Any:
+            engine = self.engine
+            return engine.counters.read(
+                window, args, engine.n_frames_acquired, corrected
+            )
+
+        read.__name__ = name
+        return read
 
 
 _SIGNALS = tuple(
@@ -295,13 +326,29 @@ class TangoServer:
         device_name: str = "sim/xspress3/1",
         host: str = "127.0.0.1",
         port: int = 0,
+        properties: Mapping[str, Any] | None = None,
     ) -> None:
         self.engine = engine
         self.device_name = device_name
         self.host = host
         self.port = port
+        #: Device properties (the device's names); StreamerPort and
+        #: MonitorPort default to the simulator's real ports.
+        self.properties = dict(properties or {})
         self._key = ""
         self._ctx: DeviceTestContext | None = None
+
+    def _properties(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for prop, endpoint in (
+            ("StreamerPort", self.engine.stream_endpoint),
+            ("MonitorPort", self.engine.live_endpoint),
+        ):
+            port = (endpoint or "").rsplit(":", 1)[-1]
+            if port.isdigit() and int(port) > 0:
+                found[prop] = int(port)
+        found.update(self.properties)
+        return found
 
     def start(self) -> str:
         if not TangoServer._active.acquire(blocking=False):
@@ -310,7 +357,7 @@ class TangoServer:
                 "process (pytango allows one device server per process)"
             )
         try:
-            self._key = uuid.uuid4().hex
+            self._key = self.device_name.lower()
             with _ENGINES_LOCK:
                 _ENGINES[self._key] = self.engine
             self._ctx = DeviceTestContext(
@@ -318,7 +365,7 @@ class TangoServer:
                 device_name=self.device_name,
                 host=self.host,
                 port=self.port,
-                properties={"EngineKey": self._key},
+                properties=self._properties(),
                 process=False,
                 timeout=15,
             )

@@ -4,8 +4,16 @@
 takes commands from :class:`Commands` (Arm, triggers, TTL edges, Stop,
 Close), paces each frame, makes it (:mod:`._frames`), hands it to the series'
 :class:`~._faults.FaultInjector` and sends what comes out through an
-:class:`Outbox`, which holds everything at a stall until the plan's release.
-It reports through the device's :class:`~._state.DeviceState`.
+:class:`Outbox`, which holds everything at a stall until the plan's release
+and shows every message sent to the device's own file writer
+(:mod:`._device_file`) when the series has one. It reports through the
+device's :class:`~._state.DeviceState`.
+
+As on the MAX IV device (``xspress3/DeviceServer.py``, ``xspress3/Streamer.py``
+in maxiv-science/xspress3-streamer): an Arm while a series runs starts a new
+series at once, with a new header and no ``series_end`` for the first
+(Streamer.py 43-54 sends a header for every start); every Stop sends a
+``series_end``, also when no series runs (Streamer.py 55-58).
 """
 
 from __future__ import annotations
@@ -15,11 +23,13 @@ import logging
 import queue
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from .._constants import CLOCK_HZ
-from ..protocol import Frame, SeriesEndMessage
+from ..protocol import Frame, HeaderMessage, Message, SeriesEndMessage
+from ._device_file import DeviceFileWriter
 from ._faults import FaultInjector, FaultPlan, Injection, Outgoing, Stall
 from ._frames import SeriesSettings
 from ._publisher import StreamPublisher
@@ -28,7 +38,7 @@ from ._state import TriggerMode
 if TYPE_CHECKING:
     from ._engine import SimulatedXspress3
 
-__all__ = ["Cmd", "Commands", "Outbox", "Worker"]
+__all__ = ["Cmd", "Commands", "Outbox", "SeriesPlan", "Worker"]
 
 log = logging.getLogger("ophyd_xspress.sim")
 
@@ -39,11 +49,28 @@ _UINT32_MAX: Final = 2**32 - 1
 
 class Cmd(enum.Enum):
     ARM = enum.auto()
+    #: An Arm the device refused once RUNNING: no series, RUNNING until Stop.
+    ARM_NO_SERIES = enum.auto()
     TRIGGER = enum.auto()
     TTL_RISE = enum.auto()
     TTL_FALL = enum.auto()
     STOP = enum.auto()
     CLOSE = enum.auto()
+
+
+@dataclass(frozen=True)
+class SeriesPlan:
+    """What an Arm fixed for its series (a copy of the settings at Arm)."""
+
+    arm: int
+    settings: SeriesSettings
+    header: HeaderMessage
+    mode: TriggerMode
+    n_triggers: int
+    per_trigger: int
+    exposure: float
+    #: WriteHdf5 and a DestinationFileName: the device writes its own file.
+    device_file: bool
 
 
 class _StopRequestedError(Exception):
@@ -54,32 +81,44 @@ class _CloseRequestedError(Exception):
     pass
 
 
+class _RearmRequestedError(Exception):
+    def __init__(self, cmd: Cmd, plan: SeriesPlan | None) -> None:
+        super().__init__(cmd.name)
+        self.cmd, self.plan = cmd, plan
+
+
+_Queued = tuple[Cmd, float, "SeriesPlan | None"]
+
+
 class Commands:
     """The worker's command queue; each command carries the monotonic time it
-    was given (a trigger's time stamp starts its frames)."""
+    was given (a trigger's time stamp starts its frames), an Arm its plan."""
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[Cmd, float]] = queue.Queue()
+        self._queue: queue.Queue[_Queued] = queue.Queue()
 
-    def put(self, cmd: Cmd) -> None:
-        self._queue.put((cmd, time.monotonic()))
+    def put(self, cmd: Cmd, plan: SeriesPlan | None = None) -> None:
+        self._queue.put((cmd, time.monotonic(), plan))
 
-    def get(self) -> Cmd:
+    def get(self) -> tuple[Cmd, SeriesPlan | None]:
         """The next command, waiting as long as it takes (between series)."""
-        return self._queue.get()[0]
+        cmd, _, plan = self._queue.get()
+        return cmd, plan
 
     def next(self, deadline: float | None) -> tuple[Cmd, float] | None:
         """Next command and its time before ``deadline`` (monotonic), None on
-        time-out; Stop and Close raise."""
+        time-out; Stop, Close and Arm raise."""
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            cmd, stamp = self._queue.get(timeout=timeout)
+            cmd, stamp, plan = self._queue.get(timeout=timeout)
         except queue.Empty:
             return None
         if cmd is Cmd.STOP:
             raise _StopRequestedError
         if cmd is Cmd.CLOSE:
             raise _CloseRequestedError
+        if cmd in (Cmd.ARM, Cmd.ARM_NO_SERIES):
+            raise _RearmRequestedError(cmd, plan)
         return cmd, stamp
 
     def sleep_until(self, deadline: float) -> None:
@@ -99,11 +138,12 @@ class Commands:
 
 class Outbox:
     """What the worker sends, in order; held at a stall until the plan's
-    :meth:`~._faults.FaultPlan.release`."""
+    :meth:`~._faults.FaultPlan.release`. ``tap`` sees every message sent."""
 
     def __init__(self, publisher: StreamPublisher) -> None:
         self._publisher = publisher
         self._queue: deque[Outgoing] = deque()
+        self.tap: Callable[[Message], None] | None = None
         #: Frames handed to the publisher, every series and copy counted.
         self.frames_sent = 0
 
@@ -118,6 +158,11 @@ class Outbox:
         self._queue.extend(outgoing)
         self.pump(plan)
 
+    def send(self, message: Message) -> None:
+        self._publisher.send_message(message)
+        if self.tap is not None:
+            self.tap(message)
+
     def pump(self, plan: FaultPlan) -> None:
         """Send until the queue is empty or a stall not yet released."""
         while self._queue:
@@ -130,7 +175,7 @@ class Outbox:
                 if item.frame is not None:
                     self.frames_sent += 1
                 for message in item.messages:
-                    self._publisher.send_message(message)
+                    self.send(message)
             self._queue.popleft()
 
 
@@ -146,50 +191,75 @@ class Worker:
     def run(self) -> None:
         """Serve commands until Close (the thread's target)."""
         try:
-            while True:
-                cmd = self._commands.get()
-                if cmd is Cmd.CLOSE:
-                    return
-                if cmd is Cmd.ARM:
-                    if not self._run_series():
-                        return
-                elif cmd is Cmd.STOP and self._device.series_index >= 0:
-                    # The real device answers a Stop after completion with a
-                    # second series_end.
-                    self._device.publisher.send(SeriesEndMessage())
+            cmd, plan = self._commands.get()
+            while cmd is not Cmd.CLOSE:
+                if cmd in (Cmd.ARM, Cmd.ARM_NO_SERIES) and plan is not None:
+                    next_cmd = self._run_series(cmd, plan)
+                    if next_cmd is not None:
+                        cmd, plan = next_cmd
+                        continue
+                elif cmd is Cmd.STOP:
+                    self.outbox.send(self._end_message())
                 # triggers while idle are ignored, as on the hardware
+                cmd, plan = self._commands.get()
         except Exception:  # pragma: no cover - keep the reason visible
             log.exception("simulator worker died")
             self._state.worker_died("FAULT: streaming thread died (see log)")
 
-    def _run_series(self) -> bool:
-        """One armed series, then its clean-up; False when Close was asked."""
-        arm = self._state.arms
+    def _end_message(self) -> Message:
+        (message,) = self._device.publisher.encode(SeriesEndMessage())
+        return message
+
+    def _run_series(
+        self, cmd: Cmd, plan: SeriesPlan
+    ) -> tuple[Cmd, SeriesPlan | None] | None:
+        """One armed series, then its clean-up; the command to serve next when
+        it ended by another Arm or by Close."""
+        writer = DeviceFileWriter() if plan.device_file else None
+        self.outbox.tap = writer.put if writer is not None else None
         try:
-            self._acquire()
+            if cmd is Cmd.ARM_NO_SERIES:
+                self._wait_for_stop()
+            self._acquire(plan)
         except _StopRequestedError:
             pass
         except _CloseRequestedError:
-            return False
+            return Cmd.CLOSE, None
+        except _RearmRequestedError as rearm:
+            self.outbox.clear()  # the new series' header follows at once
+            return rearm.cmd, rearm.plan
         except Exception as exc:  # the streaming "thread" died
             log.exception("simulated acquisition failed")
             self._state.fault(f"FAULT: streaming failed ({type(exc).__name__}: {exc})")
         finally:
+            self.outbox.tap = None
+            if writer is not None:
+                writer.close()
             # a FaultPlan applies to one series, fired or not
-            self._state.finish(arm, self._device.faults.clear)
-        return True
+            faults = self._device.faults
+            self._state.finish(plan.arm, faults.clear, faults.stay_running)
+        return None
 
-    def _acquire(self) -> None:
+    def _wait_for_stop(self) -> None:
+        """RUNNING without a series: nothing is sent until Stop (which sends
+        its series_end) or another Arm."""
+        try:
+            while True:
+                self._commands.next(None)  # triggers are ignored
+        except _StopRequestedError:
+            self.outbox.send(self._end_message())
+            raise
+
+    def _acquire(self, series: SeriesPlan) -> None:
         device = self._device
-        settings = device.series_settings()
-        series = device.frames.start_series(settings)
+        index = device.frames.start_series(series.settings)
         plan = device.faults
         plan.begin_series()
         injector = FaultInjector(device.publisher.encoder)
         self.outbox.clear()
-        self.outbox.put(injector.header(device.header()), plan)
+        self.outbox.put(injector.header(series.header), plan)
         try:
-            if not self._acquire_frames(settings, series, injector, plan):
+            if not self._acquire_frames(series, index, injector, plan):
                 return  # a planned FAULT: no series_end, as on the device
             self.outbox.put(injector.end(plan), plan)
             while self.outbox.pending:  # stalled: wait for release (or Stop)
@@ -198,55 +268,46 @@ class Worker:
         except _StopRequestedError:
             # frames not yet sent are dropped, as on the real device
             self.outbox.clear()
-            device.publisher.send(SeriesEndMessage())
+            self.outbox.send(self._end_message())
             raise
 
     def _acquire_frames(
         self,
-        settings: SeriesSettings,
-        series: int,
+        series: SeriesPlan,
+        index: int,
         injector: FaultInjector,
         plan: FaultPlan,
     ) -> bool:
         """Every trigger's frames; False when the plan's FAULT ended the series."""
         device = self._device
-        exposure = device.exposure_time
-        gated = device.trigger_mode is TriggerMode.EXTERNAL_MULTI_GATE
-        n_triggers, per_trigger = device.n_triggers, device.n_frames_per_trigger
+        gated = series.mode is TriggerMode.EXTERNAL_MULTI_GATE
+        n_triggers, per_trigger = series.n_triggers, series.per_trigger
         if gated:  # one frame per gate
             n_triggers, per_trigger = n_triggers * per_trigger, 1
+        want = Cmd.TRIGGER if series.mode is TriggerMode.SOFTWARE else Cmd.TTL_RISE
         number = 0
         for _ in range(n_triggers):
-            t0 = self._wait_trigger()
-            self._state.acquiring()
+            t0 = self._commands.wait_for(want)
             for k in range(per_trigger):
                 ticks: int | None = None
                 if gated:
                     t1 = self._commands.wait_for(Cmd.TTL_FALL)
                     ticks = max(1, min(int((t1 - t0) * CLOCK_HZ), _UINT32_MAX))
                 elif device.pace:
-                    self._commands.sleep_until(t0 + (k + 1) * exposure)
+                    self._commands.sleep_until(t0 + (k + 1) * series.exposure)
                 else:
                     self._commands.next(time.monotonic())  # honour Stop at once
-                frame = device.frames.frame(settings, series, number, ticks)
+                frame = device.frames.frame(series.settings, index, number, ticks)
+                device.counters.add(frame, series.settings.windows)
                 injection = self._emit(frame, injector, plan)
                 number += 1
-                self._state.n_frames_acquired = number
+                self._state.acquired(number, plan.stay_running)
                 if injection.fault:
                     plan.fault_after = None
                     self._state.fault(plan.fault_status)
                     log.warning("simulator FAULT: %s", plan.fault_status)
                     return False
-            self._state.armed()
         return True
-
-    def _wait_trigger(self) -> float:
-        mode = self._device.trigger_mode
-        want = Cmd.TRIGGER if mode is TriggerMode.SOFTWARE else Cmd.TTL_RISE
-        self._state.ready_for_sw_trigger = mode is TriggerMode.SOFTWARE
-        stamp = self._commands.wait_for(want)
-        self._state.ready_for_sw_trigger = False
-        return stamp
 
     def _emit(
         self, frame: Frame, injector: FaultInjector, plan: FaultPlan
