@@ -996,6 +996,7 @@ def test_live_view_through_xspress_simulator(reader: Any) -> None:
         channels=1,
         tango=False,
         pace=False,
+        write_hdf5=False,
         live_view="tcp://127.0.0.1:0",
         socket_type="push",
     ) as sim:

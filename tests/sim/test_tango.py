@@ -442,11 +442,14 @@ def test_header_echoes_destination_file(device: Any) -> None:
 # --- server life cycle ----------------------------------------------------------------
 
 
-def test_start_stop_three_times_in_a_row(reader: Any) -> None:
+def test_start_stop_three_times_in_a_row(reader: Any, tmp_path: Any) -> None:
     trls = []
     for i in range(3):
         with XspressSimulator(
-            channels=1 + i, stream="tcp://127.0.0.1:0", pace=False
+            channels=1 + i,
+            stream="tcp://127.0.0.1:0",
+            pace=False,
+            destination_file_name=str(tmp_path / "temp.h5"),  # the device's own
         ) as sim:
             stream = reader(sim.stream_endpoint, "sub")
             proxy = tango.DeviceProxy(sim.tango_trl)
