@@ -13,6 +13,11 @@ Prints a table and writes it as JSON. Measured so far:
 4. peak RSS of the end-to-end run (1 channel) for 10k, 100k and 1M frames: each
    end-to-end run happens in a fresh process, so its peak RSS is its own.
 
+5. compression: the codecs alone (MB/s of spectra, one and two threads, size
+   ratio) and the end-to-end run at 4 channels with each ``compression``
+   (frames/s, frames lost, file size against the spectra's bytes);
+   ``--only compression`` runs this part alone.
+
 CPU is reported as a share of the machine's cores (200 % on 2 cores), both
 processes (the sender included), over the timed interval, and as CPU time per
 frame of each process (its ZeroMQ I/O thread included). The ceiling is measured
@@ -295,7 +300,12 @@ def _fast_publisher(endpoint: str, channels: int, n: int, ready: Any, cpu: Any) 
 
 
 def _end_to_end(
-    channels: int, n_frames: int, directory: str, out: Any, rss_every: int
+    channels: int,
+    n_frames: int,
+    directory: str,
+    out: Any,
+    rss_every: int,
+    compression: str | None = None,
 ) -> None:
     """In a fresh process: fast publisher process -> passive XspressDetector
     fly scan -> HDF5 -> StreamDatum. Puts a result row on ``out``."""
@@ -327,6 +337,7 @@ def _end_to_end(
             channels=channels,
             path=Path(directory),
             stall_timeout=30,
+            compression=compression,  # type: ignore[arg-type]
         )
     datums = 0
 
@@ -388,9 +399,12 @@ def _end_to_end(
     received = int(summary["frames_received"])  # type: ignore[call-overload]
     files = list(Path(directory).glob("*.h5"))
     import h5py
+    import hdf5plugin  # noqa: F401 - compressed files' filters
 
     with h5py.File(files[0], "r") as f:
         on_disk = int((f["/entry/instrument/xspress3/frame_number"][:] >= 0).sum())
+    # the disk space the file takes (a sparse file: its allocated blocks)
+    file_bytes = sum(os.stat(f).st_blocks * 512 for f in files)
     for f in files:
         f.unlink()
     out.put(
@@ -410,6 +424,9 @@ def _end_to_end(
             "receiver_cpu_us_per_frame": consumer_cpu / n_frames * 1e6,
             "sender_cpu_us_per_frame": sender_cpu.value / n_frames * 1e6,
             "spectra_io": writers[-1].spectra_io if writers else "?",
+            "compression": compression,
+            "file_bytes": file_bytes,
+            "size_ratio": n_frames * channels * 4096 * 4 / max(1, file_bytes),
             # ru_maxrss is in kB on Linux
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3,
             "rss_mb_by_frames": rss,
@@ -426,14 +443,19 @@ def _free_port() -> int:
 
 
 def bench_end_to_end(
-    channels: int, n_frames: int, directory: Path, rss_every: int = 0
+    channels: int,
+    n_frames: int,
+    directory: Path,
+    rss_every: int = 0,
+    compression: str | None = None,
 ) -> dict[str, Any]:
     """One end-to-end run in a fresh process (so its peak RSS is its own)."""
     spawn = mp.get_context("spawn")
     out = spawn.Queue()
     every = rss_every or max(1, n_frames // 10)
     proc = spawn.Process(
-        target=_end_to_end, args=(channels, n_frames, str(directory), out, every)
+        target=_end_to_end,
+        args=(channels, n_frames, str(directory), out, every, compression),
     )
     proc.start()
     try:
@@ -441,6 +463,59 @@ def bench_end_to_end(
     finally:
         proc.join(60)
     return row
+
+
+def bench_codecs(channels: int = 4, chunks: int = 40) -> list[dict[str, Any]]:
+    """Each compression alone on 1 MiB chunks of simulated spectra (the 8
+    frames the fast publisher sends, repeated): MB/s of spectra with one and
+    two threads (the codecs release the GIL) and the size ratio."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ophyd_xspress.hdf5 import COMPRESSIONS
+    from ophyd_xspress.hdf5._codec import codec_for
+    from ophyd_xspress.sim import SimulatedXspress3
+
+    det = SimulatedXspress3(channels, endpoint="tcp://127.0.0.1:0")
+    frames = np.stack([det.expected_frame(0, i).spectra for i in range(16)])
+    rows: list[dict[str, Any]] = []
+    for name in COMPRESSIONS:
+        encode = codec_for(name).encode
+        size = len(bytes(encode(frames)))
+        for threads in (1, 2):
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(encode, [frames] * threads))  # warm up
+                t0 = time.perf_counter()
+                list(pool.map(encode, [frames] * chunks))
+                dt = time.perf_counter() - t0
+            rows.append(
+                {
+                    "test": f"codec {name}, {threads} thread(s)",
+                    "source": "simulated spectra",
+                    "framing": "-",
+                    "channels": channels,
+                    "frames": chunks * len(frames),
+                    "frames_per_s": chunks * len(frames) / dt,
+                    "mb_per_s": chunks * frames.nbytes / dt / 1e6,
+                    "us_per_frame": dt / (chunks * len(frames)) * 1e6,
+                    "size_ratio": frames.nbytes / size,
+                }
+            )
+    return rows
+
+
+def bench_compression(n: int, directory: Path) -> list[dict[str, Any]]:
+    """The codecs alone, then the end-to-end run at 4 channels with each
+    compression (and without, for comparison), the ceiling measured again
+    after each."""
+    rows = bench_codecs()
+    for compression in (None, "bslz4", "blosc", "gzip"):
+        row = bench_end_to_end(4, n, directory, compression=compression)
+        row["test"] = f"end-to-end, compression={compression}"
+        after = bench_raw_zmq(4, n)
+        row["ceiling_frames_per_s"] = after["frames_per_s"]
+        row["of_ceiling"] = row["frames_per_s"] / after["frames_per_s"]
+        rows.append(row)
+    return rows
 
 
 def machine() -> dict[str, Any]:
@@ -484,6 +559,8 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
                 f"disk allows {r['disk_frames_per_s']:,.0f} fps: "
                 f"{r['of_slower_ceiling']:.0%} of the slower ceiling"
             )
+        if r.get("size_ratio"):
+            notes.append(f"size ratio {r['size_ratio']:.2f}")
         if "cpu_us_per_mib" in r:
             notes.append(f"{r['source']}, CPU {r['cpu_us_per_mib']:.0f} us/MiB")
         print(
@@ -507,6 +584,12 @@ def main(argv: list[str] | None = None) -> int:
         help="end-to-end runs per channel count (each with its own ceiling)",
     )
     parser.add_argument(
+        "--only",
+        choices=["compression"],
+        default=None,
+        help="run one part only (compression: the codecs and end-to-end rows)",
+    )
+    parser.add_argument(
         "--rss-frames",
         default=None,
         help="comma-separated run lengths for the peak-RSS series "
@@ -522,6 +605,15 @@ def main(argv: list[str] | None = None) -> int:
         ).split(",")
     ]
     rows: list[dict[str, Any]] = []
+    if args.only == "compression":
+        if args.json == parser.get_default("json"):  # keep latest.json whole
+            args.json = str(HERE / "results" / "compression.json")
+        import tempfile
+
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+            print("5. compression ...", flush=True)
+            rows += bench_compression(n, Path(tmp))
+        return _finish(rows, args.json)
     print("1. decode ...", flush=True)
     for name in ("xspress3-multipart.cbors", "xspress3-dump.cbors"):
         if (SHARED / name).exists():
@@ -563,6 +655,12 @@ def main(argv: list[str] | None = None) -> int:
             row = bench_end_to_end(1, frames, Path(tmp))
             row["test"] = "peak RSS vs frames (end-to-end)"
             rows.append(row)
+        print("5. compression ...", flush=True)
+        rows += bench_compression(n, Path(tmp))
+    return _finish(rows, args.json)
+
+
+def _finish(rows: list[dict[str, Any]], json_path: str) -> int:
     print()
     _print_table(rows)
     series = [r for r in rows if r["test"].startswith("peak RSS")]
@@ -573,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{r['frames']:,}: {r['peak_rss_mb']:.0f} MB" for r in series)
             + f" (max/min {max(peaks) / min(peaks):.2f})"
         )
-    out = Path(args.json)
+    out = Path(json_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), "results": rows}, indent=2))
     print(f"\nwrote {out}")

@@ -10,6 +10,14 @@ data providers and the README's data table all come from :data:`QUANTITIES`;
 
 Shapes are symbolic: ``C`` channels, ``B`` bins, ``R`` software ROIs, ``W``
 hardware windows (2).
+
+Besides the per-frame quantities, the file has a few fields that describe the
+spectra (:data:`FILE_FIELDS`: the bin index and the per-channel energy
+calibration) and one NeXus group per channel (:data:`CHANNEL_FIELDS`, views of
+the detector group's datasets) laid out as PyMca's NeXus reader expects an MCA.
+Datasets named as in the MAX IV device writer hold what that writer stores from
+the same stream (:data:`MAXIV_DATASETS`); this package's own values have names
+of their own.
 """
 
 from __future__ import annotations
@@ -19,14 +27,21 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 __all__ = [
+    "CHANNEL_FIELDS",
+    "CHANNEL_GROUP",
+    "FILE_FIELDS",
     "GROUP",
+    "MAXIV_DATASETS",
     "QUANTITIES",
     "RAW_SCALERS",
+    "STREAM_OCR_FACTOR",
     "SUMMARY_KEYS",
+    "FileField",
     "Quantity",
     "Source",
     "by_dataset",
     "by_suffix",
+    "file_table",
     "frame_shape",
     "markdown_table",
     "quantities",
@@ -34,6 +49,12 @@ __all__ = [
 
 #: Where the datasets live in the HDF5 file (the MAX IV device writer's group).
 GROUP: Final = "/entry/instrument/xspress3"
+#: One NeXus group per channel, for analysis programs (``{c}``: the channel).
+CHANNEL_GROUP: Final = "/entry/instrument/xspress3_ch{c}"
+
+#: The stream's ``output_count_rate`` is ``all_good / (total_ticks * 80e6)``, a
+#: units bug in the device: times this factor (80e6 ** 2) it is in counts/s.
+STREAM_OCR_FACTOR: Final = 6.4e15
 
 Source = Literal["stream", "derived", "detector"]
 
@@ -100,6 +121,27 @@ QUANTITIES: Final = (
         precision=6,
     ),
     Quantity(
+        "stream_output_count_rate",
+        "output_count_rate",
+        "<f8",
+        "1.5625e-16 counts/s",
+        ("C",),
+        "stream",
+        "the stream's own field, as sent and as MAX IV's writer stores it: "
+        "all_good / (total_ticks * 80e6), a units bug (times 6.4e15 it is "
+        "counts/s); the rate is `ocr`",
+    ),
+    Quantity(
+        "window_counts",
+        "window_counts",
+        "<u4",
+        "counts",
+        ("W", "C"),
+        "stream",
+        "raw hardware window counts; only when the stream carries them",
+        optional=True,
+    ),
+    Quantity(
         "dtc",
         "dtc",
         "<f8",
@@ -120,13 +162,23 @@ QUANTITIES: Final = (
         precision=3,
     ),
     Quantity(
+        "elapsed_time",
+        "elapsed_time",
+        "<f8",
+        "s",
+        ("C",),
+        "derived",
+        "real time of the frame, clock_ticks / 80 MHz",
+        precision=6,
+    ),
+    Quantity(
         "live_time",
         "live_time",
         "<f8",
         "s",
         ("C",),
         "derived",
-        "real_time / dtc",
+        "elapsed_time / dtc",
         precision=6,
     ),
     Quantity(
@@ -141,23 +193,13 @@ QUANTITIES: Final = (
     ),
     Quantity(
         "ocr",
-        "output_count_rate",
+        "ocr",
         "<f8",
         "counts/s",
         ("C",),
         "derived",
-        "all_good / real_time (recomputed: the stream's field has a units bug)",
+        "output count rate all_good / elapsed_time",
         precision=1,
-    ),
-    Quantity(
-        "window_counts",
-        "window_counts",
-        "<u4",
-        "counts",
-        ("W", "C"),
-        "stream",
-        "raw hardware window counts, when the stream carries them",
-        optional=True,
     ),
     Quantity(
         "roi",
@@ -181,13 +223,23 @@ QUANTITIES: Final = (
         optional=True,
     ),
     Quantity(
+        "summed_spectrum",
+        "summed_spectrum",
+        "<f8",
+        "counts",
+        ("B",),
+        "derived",
+        "sum over channels of data * dtc (with `summed_spectrum=True`)",
+        optional=True,
+    ),
+    Quantity(
         "frame_number",
         "frame_number",
         "<i8",
         "",
         (),
         "detector",
-        "the detector's frame counter; -1 in a file row never written",
+        "the detector's frame counter; -1 in a file row not written whole",
     ),
 )
 
@@ -198,6 +250,7 @@ SUMMARY_KEYS: Final = (
     ("<roi>", "<f8", "counts", "corrected sum of ROI <roi> over all channels"),
     ("<roi>-ch<c>", "<f8", "counts", "corrected sum of ROI <roi> in channel c"),
     ("dead_time-ch<c>", "<f8", "%", "dead time of channel c"),
+    ("dead_time_max", "<f8", "%", "the largest dead time of the channels"),
     (
         "anomalies",
         "<i8",
@@ -207,26 +260,127 @@ SUMMARY_KEYS: Final = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class FileField:
+    """A dataset of the file that is not one value per frame, or a view."""
+
+    #: Its path; ``{c}`` stands for the channel in per-channel groups.
+    path: str
+    dtype: str
+    units: str
+    #: Symbols as in :class:`Quantity`, ``N`` for frames.
+    shape: tuple[str, ...]
+    description: str
+
+
+#: Fields of the detector group that describe the spectra.
+FILE_FIELDS: Final = (
+    FileField(
+        f"{GROUP}/channels",
+        "<i4",
+        "",
+        ("B",),
+        "bin index of each point of a spectrum (PyMca's x axis)",
+    ),
+    FileField(
+        f"{GROUP}/calibration",
+        "<f8",
+        "keV",
+        ("C", "3"),
+        "per channel (c0, c1, c2): the centre of bin i is at c0 + c1*i + c2*i**2 keV",
+    ),
+)
+
+#: The group of each channel, for PyMca's NeXus reader: ``data`` carries
+#: ``interpretation="spectrum"`` and its siblings are the MCA's live time, real
+#: time, x axis and calibration. The per-frame fields are virtual datasets
+#: (views of the detector group's, no copy) and grow with it.
+CHANNEL_FIELDS: Final = (
+    FileField(
+        f"{CHANNEL_GROUP}/data",
+        "<u4",
+        "counts",
+        ("N", "B"),
+        f"view of {GROUP}/data[:, c, :]",
+    ),
+    FileField(
+        f"{CHANNEL_GROUP}/live_time",
+        "<f8",
+        "s",
+        ("N",),
+        f"view of {GROUP}/live_time[:, c]",
+    ),
+    FileField(
+        f"{CHANNEL_GROUP}/elapsed_time",
+        "<f8",
+        "s",
+        ("N",),
+        f"view of {GROUP}/elapsed_time[:, c]",
+    ),
+    FileField(
+        f"{CHANNEL_GROUP}/channels",
+        "<i4",
+        "",
+        ("B",),
+        f"{GROUP}/channels (a hard link)",
+    ),
+    FileField(
+        f"{CHANNEL_GROUP}/calibration",
+        "<f8",
+        "keV",
+        ("3",),
+        f"{GROUP}/calibration[c]",
+    ),
+)
+
+#: The MAX IV device writer's datasets (its ``Receivers.py``), all of which
+#: this file has under the same names with the same values.
+MAXIV_DATASETS: Final = (
+    "data",
+    "output_count_rate",
+    "all_events",
+    "all_good",
+    "clock_ticks",
+    "total_ticks",
+    "reset_ticks",
+    "event_width",
+    "dead_time_correction",
+)
+
+
+def _shape(shape: tuple[str, ...]) -> str:
+    return "(" + ", ".join(shape) + ("," if len(shape) == 1 else "") + ")"
+
+
 def markdown_table() -> str:
     """The README's table of data keys (``N`` is the detector's name)."""
-
-    def shape(q: Quantity) -> str:
-        return "(" + ", ".join(q.shape) + ("," if len(q.shape) == 1 else "") + ")"
-
     rows = [
         "| key | HDF5 dataset | shape | dtype | units | value |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for q in QUANTITIES:
         key = f"`{q.key('N')}`"
-        note = " (file only)" if q.dataset == "window_counts" else ""
         rows.append(
-            f"| {key} | `{q.dataset}` | {shape(q)} | {q.dtype} | {q.units} | "
-            f"{q.description}{note} |"
+            f"| {key} | `{q.dataset}` | {_shape(q.shape)} | {q.dtype} | {q.units} | "
+            f"{q.description} |"
         )
     for pattern, dtype, units, value in SUMMARY_KEYS:
         rows.append(
             f"| `N-{pattern}` | (events only) | () | {dtype} | {units} | {value} |"
+        )
+    return "\n".join(rows)
+
+
+def file_table() -> str:
+    """The README's table of the file's other fields (paths in full)."""
+    rows = [
+        "| HDF5 path | shape | dtype | units | value |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for f in (*FILE_FIELDS, *CHANNEL_FIELDS):
+        rows.append(
+            f"| `{f.path}` | {_shape(f.shape)} | {f.dtype} | {f.units} | "
+            f"{f.description} |"
         )
     return "\n".join(rows)
 
@@ -247,13 +401,17 @@ def by_suffix(suffix: str) -> Quantity:
     raise KeyError(f"no quantity has the key suffix {suffix!r}")
 
 
-def quantities(*, window_counts: bool, rois: bool) -> Iterator[Quantity]:
+def quantities(
+    *, window_counts: bool, rois: bool, summed: bool = False
+) -> Iterator[Quantity]:
     """The quantities of one run: ``window_counts`` when the stream carries
-    them, the ROI sums when ROIs are defined."""
+    them, the ROI sums when ROIs are defined, the summed spectrum on request."""
     for q in QUANTITIES:
         if q.dataset == "window_counts" and not window_counts:
             continue
         if q.dataset in ("roi", "roi_corrected") and not rois:
+            continue
+        if q.dataset == "summed_spectrum" and not summed:
             continue
         yield q
 

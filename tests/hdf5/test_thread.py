@@ -25,9 +25,9 @@ def test_derived_datasets_are_derive_on_the_written_scalers(
     tmp_path: Path, frames
 ) -> None:
     # dtc beside the stream's own dead_time_correction; rows never received
-    # (40-47) hold zeros, not NaN
+    # (40-47) hold zeros, not NaN; the summed spectrum too
     path = tmp_path / "a.h5"
-    writer = Hdf5FrameWriter(path, CH, BINS, WINDOWS, expected=64, window_counts=True)
+    writer = Hdf5FrameWriter(path, CH, BINS, WINDOWS, expected=64, summed_spectrum=True)
     writer.open()
     for row in [*range(40), *range(48, 64)]:
         writer.put(row, frames[row])
@@ -43,7 +43,7 @@ def test_derived_datasets_are_derive_on_the_written_scalers(
             [frames[r]["dead_time_correction"] for r in range(40)],
         )
     got = np.concatenate([np.arange(40), np.arange(48, 64)])
-    expected = derive(scalers, spectra, WINDOWS, warn=False).columns()
+    expected = derive(scalers, spectra, WINDOWS, warn=False, summed=True).columns()
     assert set(expected) == set(DERIVED)
     for name in DERIVED:
         np.testing.assert_array_equal(stored[name][got], expected[name][got], name)

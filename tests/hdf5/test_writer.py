@@ -18,18 +18,16 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
+from tests.hdf5.rows import check_rows
 
-from ophyd_xspress._schema import QUANTITIES
-from ophyd_xspress.hdf5 import GROUP, PREFAULT_BLOCKS, Hdf5FrameWriter, _blocks
+from ophyd_xspress.hdf5 import GROUP, PREFAULT_BLOCKS, Hdf5FrameWriter, _blocks, _thread
 from ophyd_xspress.hdf5._chunk_io import ChunkFile
-from ophyd_xspress.protocol import Frame, derive, make_frame
+from ophyd_xspress.protocol import make_frame
 from ophyd_xspress.sim import SimulatedXspress3
 from ophyd_xspress.transport import FrameRefusedError
 
 CH, BINS = 4, 4096
 WINDOWS = np.array([[[100, 199], [500, 1500]]] * CH)
-#: The per-channel columns the stream sends (raw scalers, its own dead-time factor).
-STREAM = [q.dataset for q in QUANTITIES if q.source == "stream" and q.shape == ("C",)]
 
 
 def open_writer(path: Path, io: str | None = None, **kw: Any) -> Hdf5FrameWriter:
@@ -44,33 +42,6 @@ def open_writer(path: Path, io: str | None = None, **kw: Any) -> Hdf5FrameWriter
     if io is not None and writer.expected:
         assert writer.spectra_io == io
     return writer
-
-
-def check_rows(path: Path, frames: dict[int, Frame], rows: int) -> None:
-    """Row r holds frames[r] bit for bit (stream columns, derived quantities as
-    :func:`derive` gives them for that frame alone, ROIs); other rows are
-    zero in every dataset, frame number -1."""
-    with h5py.File(path, "r") as f:
-        g = f[GROUP]
-        assert g["data"].shape == (rows, CH, BINS)
-        fn = g["frame_number"][:]
-        data = g["data"][:]
-        for r in range(rows):
-            frame = frames.get(r)
-            if frame is None:
-                assert fn[r] == -1, r
-                for name, ds in g.items():
-                    if name != "frame_number":
-                        assert not ds[r].any(), (name, r)
-                continue
-            assert fn[r] == frame.frame
-            np.testing.assert_array_equal(data[r], frame.spectra, err_msg=str(r))
-            for name in STREAM:
-                np.testing.assert_array_equal(g[name][r], frame.metadata[name])
-            np.testing.assert_array_equal(g["window_counts"][r], frame.window_counts)
-            derived = derive(frame.metadata, frame.spectra, WINDOWS, warn=False)
-            for name, value in derived.columns().items():
-                np.testing.assert_array_equal(g[name][r], value, err_msg=name)
 
 
 def test_in_order_rows_bit_exact_across_blocks(tmp_path: Path, frames, io) -> None:
@@ -92,7 +63,7 @@ def test_in_order_rows_bit_exact_across_blocks(tmp_path: Path, frames, io) -> No
     else:
         assert writer.stats.direct_chunks == 0
         assert writer.stats.raw_rows == 150
-    check_rows(path, dict(enumerate(frames)), 150)
+    check_rows(path, dict(enumerate(frames)), 150, WINDOWS)
     with h5py.File(path, "r") as f:  # an ordinary chunked dataset for readers
         data = f[GROUP]["data"]
         assert data.chunks == (16, CH, BINS)
@@ -106,7 +77,7 @@ def test_unknown_length_grows_the_datasets(tmp_path: Path, frames) -> None:
     for i, frame in enumerate(frames[:37]):
         writer.put(i, frame)
     writer.close()
-    check_rows(path, dict(enumerate(frames[:37])), 37)
+    check_rows(path, dict(enumerate(frames[:37])), 37, WINDOWS)
 
 
 def test_shuffled_missing_and_late_frames_land_in_their_rows(
@@ -136,7 +107,7 @@ def test_shuffled_missing_and_late_frames_land_in_their_rows(
     assert all(r in writer.durable for r in got)
     assert not any(r in writer.durable for r in missing)
     assert writer.durable.prefix() == 5
-    check_rows(path, got, 150)
+    check_rows(path, got, 150, WINDOWS)
 
 
 def test_partial_block_is_stored_once_the_stream_goes_quiet(
@@ -163,7 +134,7 @@ def test_partial_block_is_stored_once_the_stream_goes_quiet(
     for i in range(10, 20):  # the next block starts mid-chunk
         writer.put(i, frames[i])
     writer.close()
-    check_rows(path, {i: frames[i] for i in range(20)}, 150)
+    check_rows(path, {i: frames[i] for i in range(20)}, 150, WINDOWS)
 
 
 def test_small_pool_applies_back_pressure_without_loss(
@@ -176,21 +147,30 @@ def test_small_pool_applies_back_pressure_without_loss(
         writer.put(i, frame)
     writer.close()
     assert writer.frames_written == 150
-    check_rows(path, dict(enumerate(frames)), 150)
+    check_rows(path, dict(enumerate(frames)), 150, WINDOWS)
 
 
-def test_writer_error_surfaces_on_the_receiver_side(tmp_path: Path, frames) -> None:
+def test_writer_error_surfaces_on_the_receiver_side(
+    tmp_path: Path, frames, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "f.h5"
     writer = open_writer(path, expected=150)
     errors: list[BaseException] = []
     writer.on_flushed = lambda: errors.append(writer.error) if writer.error else None
-    # a frame of the right shape but whose metadata lacks a scaler: the
-    # straggler path materialises it on the writer thread and fails there
     writer.put(20, frames[20])
     writer.flush()
     writer.flush()
-    bad = make_frame(3, frames[3].spectra, {"all_good": frames[3]["all_good"]})
-    writer.put(3, bad)  # row 3 < 20: a late frame, written on its own
+    deadline = time.monotonic() + 5
+    while 20 not in writer.durable and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("the writer thread's bug")
+
+    # the late frame for row 3 is written on its own, on the writer thread,
+    # which fails there
+    monkeypatch.setattr(_thread, "derive", broken)
+    writer.put(3, frames[3])  # row 3 < 20: a late frame, written on its own
     deadline = time.monotonic() + 5
     while writer.error is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -200,6 +180,21 @@ def test_writer_error_surfaces_on_the_receiver_side(tmp_path: Path, frames) -> N
     with pytest.raises(KeyError):
         writer.put(21, frames[21])
     writer.close()  # already reported: close does not raise it again
+    assert 3 not in writer.durable
+    with h5py.File(path) as f:  # its row was never marked
+        assert f[GROUP]["frame_number"][3] == -1
+
+
+def test_a_frame_without_a_scaler_is_refused(tmp_path: Path, frames) -> None:
+    writer = open_writer(tmp_path / "f2.h5", expected=10)
+    bad = make_frame(3, frames[3].spectra, {"all_good": frames[3]["all_good"]})
+    with pytest.raises(FrameRefusedError, match=r"^frame 3: its metadata lacks "):
+        writer.put(3, bad)
+    writer.put(4, frames[4])  # the writer itself is fine
+    writer.close()
+    assert writer.error is None
+    assert writer.stats.refused == 1
+    assert 4 in writer.durable
     assert 3 not in writer.durable
 
 
@@ -231,7 +226,7 @@ def test_rows_past_the_initial_length_go_through_hdf5(
     raw = 0 if io == "hdf5" else 48
     assert writer.stats.raw_rows == raw
     assert writer.stats.direct_chunks == (100 - raw) // 16
-    check_rows(path, dict(enumerate(frames[:100])), 100)
+    check_rows(path, dict(enumerate(frames[:100])), 100, WINDOWS)
 
 
 def test_never_written_rows_and_chunks_read_as_zeros(
@@ -245,7 +240,7 @@ def test_never_written_rows_and_chunks_read_as_zeros(
     for r, frame in got.items():
         writer.put(r, frame)
     writer.close()
-    check_rows(path, got, 150)
+    check_rows(path, got, 150, WINDOWS)
 
 
 def test_rows_not_page_aligned_go_through_the_page_cache(tmp_path: Path) -> None:
@@ -283,7 +278,7 @@ def test_blocks_are_reused_before_new_ones_are_made(tmp_path: Path, frames) -> N
     writer.close()
     assert writer.stats.blocks_made == PREFAULT_BLOCKS
     assert writer.stats.pool_waits == 0
-    check_rows(path, dict(enumerate(frames)), 150)
+    check_rows(path, dict(enumerate(frames)), 150, WINDOWS)
 
 
 def test_a_failed_spectra_write_surfaces_and_stops_the_run(

@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("._demo", "run the simulator demo: count, fly scan, catalog, plots"),
     "inspect": ("._inspect", "summarise a recorded stream capture (.cbors)"),
     "listen": ("._listen", "live statistics of a detector stream"),
+    "repair": ("._repair", "make HDF5 files a killed writer left readable again"),
     "replay": ("._replay", "send a recorded capture on a ZeroMQ socket"),
     "sim": ("._sim", "run the simulated Xspress3 (stream, optional Tango device)"),
 }

@@ -35,6 +35,7 @@ import numpy.typing as npt
 from ..protocol import Frame, FrameMetadata, MetadataLayout
 from ..transport import DurableRows
 from ._chunk_io import aligned_empty
+from ._lossless import describe_values, exact_cast, lossless
 from ._stats import WriterStats
 
 __all__ = [
@@ -79,11 +80,14 @@ class Block:
     born: float = 0.0
     layout: MetadataLayout | None = None  # the layout of the raw rows
     meta: npt.NDArray[np.uint8] | None = None  # (rows, layout.size) raw pickles
+    #: Some row's frame carried window_counts.
+    window_counts: bool = False
 
     def reset(self, start: int, capacity: int) -> None:
         self.start, self.capacity, self.filled = start, capacity, 0
         self.born = time.monotonic()
         self.layout = None
+        self.window_counts = False
         self.present[:] = False
         self.via_raw[:] = False
         self.frame_number[:] = -1
@@ -216,25 +220,104 @@ class BlockPool:
 
 
 class RowFiller:
-    """Copies one frame into one row of a block (any thread).
+    """Checks one frame's metadata against the file, and copies the frame into
+    one row of a block (any thread).
 
-    ``columns``: the stream's metadata columns the file stores;
-    ``window_counts`` among them when the file has that dataset.
+    ``columns``: the stream's metadata columns the file can store, name to
+    (per-frame shape, dtype); ``window_counts`` among them. ``spectra_dtype``:
+    the file's spectra.
     """
 
-    def __init__(self, name: str, channels: int, columns: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        name: str,
+        channels: int,
+        columns: Mapping[str, tuple[tuple[int, ...], str]],
+        spectra_dtype: np.dtype[Any] | None = None,
+    ) -> None:
         self.name = name
         self.channels = channels
+        self.spectra_dtype = np.dtype(spectra_dtype or "<u4")
+        self.dtypes = {c: np.dtype(dtype) for c, (_, dtype) in columns.items()}
         self.scalers = tuple(c for c in columns if c != "window_counts")
         self.window_counts = "window_counts" in columns
+        #: A frame with window_counts was filled (set by the receiver thread).
+        self.carried_window_counts = False
         self.warned_shape = False
+        #: Per metadata layout: its scalers are stored without a per-frame check.
+        self._exact: dict[MetadataLayout, bool] = {}
+
+    def refusal(self, frame: Frame) -> str | None:
+        """Why the file cannot store ``frame`` as it is (values its dtypes would
+        change, a scaler missing or of another shape), or None."""
+        spectra = frame.spectra
+        if spectra.dtype != self.spectra_dtype and not lossless(
+            spectra, self.spectra_dtype
+        ):
+            return (
+                f"spectra {describe_values(spectra)} cannot be stored losslessly "
+                f"in the {self.spectra_dtype} file {self.name}"
+            )
+        problem = self._metadata_refusal(frame)
+        return None if problem is None else f"{problem} (file {self.name})"
+
+    def _metadata_refusal(self, frame: Frame) -> str | None:
+        md = frame.metadata
+        if isinstance(md, FrameMetadata):
+            exact = self._exact.get(md.layout)
+            if exact is None:
+                exact = self._exact[md.layout] = self._layout_exact(md.layout)
+            if exact:
+                return None
+        for name in self.scalers:
+            values = md.get(name)
+            if values is None:
+                return f"its metadata lacks {name}"
+            values = np.asarray(values)
+            if values.shape != (self.channels,):
+                return (
+                    f"scaler {name} has shape {values.shape}, the file stores "
+                    f"({self.channels},)"
+                )
+            if not lossless(values, self.dtypes[name]):
+                return (
+                    f"scaler {name} {describe_values(values)} cannot be stored "
+                    f"losslessly as {self.dtypes[name]}"
+                )
+        wc = md.get("window_counts")
+        if wc is not None and self.window_counts:
+            wc = np.asarray(wc)
+            target = self.dtypes["window_counts"]
+            if wc.shape == (2, self.channels) and not lossless(wc, target):
+                return (
+                    f"window_counts {describe_values(wc)} cannot be stored "
+                    f"losslessly as {target}"
+                )
+        return None
+
+    def _layout_exact(self, layout: MetadataLayout) -> bool:
+        """Every stored field of ``layout`` casts to its column exactly."""
+        fields = {f.name: f for f in layout.fields}
+        for name, dtype in self.dtypes.items():
+            f = fields.get(name)
+            if f is None:
+                if name != "window_counts":
+                    return False
+            elif not exact_cast(f.dtype, dtype):
+                return False
+        return True
 
     def fill(self, blk: Block, i: int, frame: Frame) -> None:
         md = frame.metadata
         if isinstance(md, FrameMetadata) and self._raw_row(blk, i, md):
             blk.via_raw[i] = True
+            layout = blk.layout
+            if self.window_counts and layout and "window_counts" in layout.names:
+                blk.window_counts = True
         else:
-            self._fill_columns(blk.columns, i, md)
+            blk.window_counts |= self._fill_columns(blk.columns, i, md)
+        if blk.window_counts:
+            self.carried_window_counts = True
         blk.spectra[i] = frame.spectra
         blk.frame_number[i] = frame.frame
         blk.present[i] = True
@@ -253,15 +336,17 @@ class RowFiller:
 
     def _fill_columns(
         self, columns: dict[str, npt.NDArray[Any]], i: int, md: Mapping[str, Any]
-    ) -> None:
+    ) -> bool:
+        """Copy the stored columns; True when window_counts were among them."""
         for name in self.scalers:
             columns[name][i] = md[name]
         wc = md.get("window_counts")
         if not self.window_counts or wc is None:
-            return
+            return False
         if wc.shape == (2, self.channels):
             columns["window_counts"][i] = wc
-        elif not self.warned_shape:
+            return True
+        if not self.warned_shape:
             self.warned_shape = True
             log.warning(
                 "%s: window_counts of shape %s not written (expected %s)",
@@ -269,14 +354,17 @@ class RowFiller:
                 wc.shape,
                 (2, self.channels),
             )
+        return False
 
     def _fits(self, layout: MetadataLayout) -> bool:
-        """The raw path needs every scaler with shape (channels,)."""
+        """The raw path needs every scaler with shape (channels,), cast exactly."""
         shapes = {f.name: tuple(f.shape) for f in layout.fields}
         if any(shapes.get(name) != (self.channels,) for name in self.scalers):
             return False
         wc = shapes.get("window_counts")
-        return wc is None or wc == (2, self.channels) or not self.window_counts
+        if wc is not None and wc != (2, self.channels) and self.window_counts:
+            return False
+        return self._exact.get(layout, False) or self._layout_exact(layout)
 
 
 class Batcher:

@@ -18,5 +18,8 @@ class WriterStats:
     file_flushes: int = 0  # (writer)
     stragglers: int = 0  # frames for rows already handed over (receiver)
     pool_waits: int = 0  # times the receiver waited for a free block (receiver)
+    refused: int = 0  # frames refused: not storable losslessly (receiver)
+    compressed_chunks: int = 0  # chunks compressed off the writer thread (writer)
+    stored_bytes: int = 0  # bytes of the whole chunks written through HDF5 (writer)
     write_seconds: float = 0.0  # (writer)
     flush_seconds: float = 0.0  # (writer)

@@ -6,21 +6,26 @@ It takes work from a queue (a :class:`~._blocks.Block`, a
 * the spectra of rows allocated when the file was opened go to the disk with
   ``pwrite`` (:class:`~._chunk_io.ChunkFile`) on a second thread,
   ``xspress-h5disk``, while this one writes the rest; rows beyond those (a
-  dataset grown past its initial length) go through HDF5 as whole chunks
-  (``write_direct_chunk``). The boundary is a chunk boundary: no chunk is
-  written both ways. The block goes back to the pool only once its spectra are
-  on disk;
-* the stream's metadata columns, the physics derived from them for the whole
-  block (:func:`ophyd_xspress.protocol.derive`) and the frame numbers: one
-  write per dataset.
+  dataset grown past its initial length, every row of a compressed file) go
+  through HDF5 as whole chunks (:class:`~._codec.ChunkWriter`, compressed by
+  a small pool when the file is). The boundary is a chunk boundary: no chunk
+  is written both ways. The block goes back to the pool only once its spectra
+  are on disk;
+* the stream's metadata columns and the physics derived from them for the
+  whole block (:func:`ophyd_xspress.protocol.derive`): one write per dataset.
 
-Rows of a block that never received a frame are written as zeros (frame
-number -1). The file is flushed (SWMR) every ``flush_period`` while rows are
-written and not yet flushed, and when the thread stops; only then do the rows
-written count in
-:class:`~ophyd_xspress.transport._sink.DurableRows`, so a reader never sees a
-row promised but not on disk. A write or flush error fails ``durable``; the
-thread then only returns blocks to the pool until it is stopped.
+A row is marked only when it is whole. Every ``flush_period`` (and when the
+thread stops) the file is flushed, which puts the blocks written since on
+disk; only then are their frame numbers written, and the file flushed again;
+only then do the rows count in
+:class:`~ophyd_xspress.transport._sink.DurableRows`. A row whose spectra or
+scalers failed to reach the disk (disk full) keeps ``frame_number == -1``, in
+the file and after a crash; a reader (tiled) never sees a row promised but not
+on disk. A write or flush error fails ``durable``; the thread then only
+returns blocks to the pool until it is stopped.
+
+The first block decides whether the file has ``window_counts`` (when its
+frames carry them), then the file enters SWMR mode.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +46,13 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
+from .._schema import GROUP
 from ..protocol import derive
 from ..transport import DurableRows
 from ._blocks import Block, BlockPool, RowFiller, Straggler
 from ._chunk_io import ChunkFile
+from ._codec import THREADS, ChunkWriter, Codec
+from ._layout import DatasetSpec, create_dataset
 from ._stats import WriterStats
 
 __all__ = ["WriterThread", "present_runs"]
@@ -54,11 +63,21 @@ Work = Block | Straggler | None
 Rows = list[tuple[int, int]]  # (first row, count)
 
 
+@dataclass
+class Written:
+    """Rows written, not yet marked: their runs and their frame numbers."""
+
+    runs: Rows
+    frame_numbers: list[npt.NDArray[np.int64]]
+
+
 class WriterThread:
     """Writes the blocks it is given into ``datasets`` of ``file``.
 
     ``name``: the file's path, for messages and the thread's name.
     ``chunks``: the early-allocated spectra chunks, or None (all through HDF5).
+    ``codec``: the compression of the spectra, or None. ``window_counts``:
+    the spec of the dataset to create if the first frames carry them.
     ``advise_fd``: the file's descriptor to ``posix_fadvise(DONTNEED)`` after
     each flush, or None. ``notify``: called after each flush and on failure
     (after ``durable`` changed).
@@ -71,6 +90,8 @@ class WriterThread:
         file: h5py.File,
         datasets: dict[str, h5py.Dataset],
         chunks: ChunkFile | None,
+        codec: Codec | None,
+        window_counts: DatasetSpec | None,
         windows: npt.NDArray[np.integer[Any]],
         clock_hz: float,
         flush_period: float,
@@ -84,6 +105,7 @@ class WriterThread:
         self.file = file
         self.datasets = datasets
         self.chunks = chunks
+        self.window_counts = window_counts
         self.windows = windows if windows.size else None
         self.clock_hz = clock_hz
         self.flush_period = flush_period
@@ -93,10 +115,19 @@ class WriterThread:
         self.durable = durable
         self.stats = stats
         self.notify = notify
-        data = datasets["data"]
         self.name = name
-        self.chunk_rows = int(data.chunks[0]) if data.chunks else 1
-        self.rows = int(data.shape[0])  # the datasets' current length
+        self.rows = int(datasets["data"].shape[0])  # the datasets' current length
+        self._compress = (
+            ThreadPoolExecutor(THREADS, thread_name_prefix="xspress-h5zip")
+            if codec is not None
+            else None
+        )
+        self._spectra = {
+            name: ChunkWriter(datasets[name], codec, self._compress)
+            for name in ("data", "summed_spectrum")
+            if name in datasets
+        }
+        self._laid_out = False  # window_counts decided, SWMR on
         self._work: queue.Queue[Work] = queue.Queue()
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="xspress-h5disk")
         self._thread = threading.Thread(
@@ -114,10 +145,16 @@ class WriterThread:
         self._work.put(None)
         self._thread.join()
         self._disk.shutdown()
+        if self._compress is not None:
+            self._compress.shutdown()
+
+    @property
+    def has_window_counts(self) -> bool:
+        return "window_counts" in self.datasets
 
     # -- the loop ------------------------------------------------------------------
     def _serve(self) -> None:
-        pending: Rows = []  # written, not yet flushed
+        pending: list[Written] = []  # written, not yet flushed and marked
         last_flush = time.monotonic()
         while True:
             timeout = None
@@ -135,11 +172,15 @@ class WriterThread:
             if self.durable.error is None:
                 try:
                     t0 = time.perf_counter()
-                    pending += self._write(item)
+                    written = self._write(item)
+                    if written.runs:
+                        pending.append(written)
                     self.stats.write_seconds += time.perf_counter() - t0
                 except BaseException as exc:  # disk full, file closed...
                     log.exception("%s: writing frames failed", self.name)
-                    pending.clear()
+                    # the blocks written before this one are whole: mark them
+                    # if the disk still takes the flush; this one's rows stay -1
+                    self._flush_file(pending, salvage=True)
                     self._fail(exc)
             if isinstance(item, Block):
                 self.pool.give_back(item)
@@ -147,14 +188,23 @@ class WriterThread:
                 self._flush_file(pending)
                 last_flush = time.monotonic()
 
-    def _flush_file(self, pending: Rows) -> None:
-        """Flush the file; the rows of ``pending`` are then durable."""
-        rows = coalesce(pending)
+    def _flush_file(self, pending: list[Written], *, salvage: bool = False) -> None:
+        """Flush the file (the rows of ``pending`` are then on disk), mark the
+        rows with their frame numbers, flush again: the rows are durable.
+        ``salvage``: after a failed write, whose error is the one to report."""
+        batch = list(pending)
         pending.clear()
-        if not rows or self.durable.error is not None:
+        if not batch or self.durable.error is not None:
             return
         try:
             t0 = time.perf_counter()
+            self.file.flush()
+            frame_number = self.datasets["frame_number"]
+            for written in batch:
+                for (start, count), numbers in zip(
+                    written.runs, written.frame_numbers, strict=True
+                ):
+                    frame_number[start : start + count] = numbers
             self.file.flush()
             if self.advise_fd is not None:
                 # write back and drop the file's cached pages: a long run's page
@@ -164,10 +214,13 @@ class WriterThread:
             self.stats.flush_seconds += time.perf_counter() - t0
             self.stats.file_flushes += 1
         except BaseException as exc:
-            log.exception("%s: flushing the file failed", self.name)
-            self._fail(exc)
+            if salvage:
+                log.warning("%s: rows written before the failure: %s", self.name, exc)
+            else:
+                log.exception("%s: flushing the file failed", self.name)
+                self._fail(exc)
             return
-        for start, count in rows:
+        for start, count in coalesce([r for w in batch for r in w.runs]):
             self._tell(self.durable.add, start, count)
         self._tell(self.notify)
 
@@ -183,7 +236,7 @@ class WriterThread:
             log.exception("%s: a durable-rows listener failed", self.name)
 
     # -- one item ------------------------------------------------------------------
-    def _write(self, item: Block | Straggler) -> Rows:
+    def _write(self, item: Block | Straggler) -> Written:
         if isinstance(item, Block):
             return self._write_block(item)
         # materialised here, not on the receiver thread: a 1-row block of its own
@@ -192,10 +245,22 @@ class WriterThread:
         self.filler.fill(blk, 0, item.frame)
         return self._write_block(blk)
 
-    def _write_block(self, blk: Block) -> Rows:
+    def _lay_out(self, blk: Block) -> None:
+        """At the first block: ``window_counts`` if its frames carry them;
+        then SWMR mode (no dataset can be created after)."""
+        self._laid_out = True
+        spec = self.window_counts
+        if spec is not None and blk.window_counts:
+            group = self.file.require_group(GROUP)
+            self.datasets["window_counts"] = create_dataset(group, spec, self.rows)
+        self.file.swmr_mode = True
+
+    def _write_block(self, blk: Block) -> Written:
         n = blk.filled
         if n == 0:
-            return []
+            return Written([], [])
+        if not self._laid_out:
+            self._lay_out(blk)
         start, stop = blk.start, blk.start + n
         present = blk.present[:n]
         missing = ~present if not present.all() else None
@@ -216,7 +281,7 @@ class WriterThread:
         try:
             if split < stop:
                 first = max(start, split)
-                self._write_spectra_hdf5(first, spectra[first - start :])
+                self._write_spectra("data", first, spectra[first - start :])
             self._write_columns(blk, n, missing)
         finally:
             if disk is not None:
@@ -224,7 +289,9 @@ class WriterThread:
                 wait_futures([disk])
         if disk is not None:
             disk.result()  # the disk thread's error, if any
-        return present_runs(start, present)
+        runs = present_runs(start, present)
+        numbers = [blk.frame_number[a - start : a - start + c].copy() for a, c in runs]
+        return Written(runs, numbers)
 
     def _ensure_rows(self, stop: int) -> None:
         if stop > self.rows:
@@ -232,46 +299,45 @@ class WriterThread:
                 ds.resize(stop, axis=0)
             self.rows = stop
 
-    def _write_spectra_hdf5(self, start: int, spectra: npt.NDArray[Any]) -> None:
-        """Rows ``start ..`` through HDF5: whole chunks with
-        ``write_direct_chunk`` (no chunk cache), the ragged ends through h5py."""
-        stop = start + len(spectra)
-        k = self.chunk_rows
-        first = -(-start // k) * k  # first chunk boundary >= start
-        last = (stop // k) * k  # last chunk boundary <= stop
-        data = self.datasets["data"]
-        if first >= last:
-            data[start:stop] = spectra
-            return
-        if start < first:
-            data[start:first] = spectra[: first - start]
-        dcid = data.id
-        for row in range(first, last, k):
-            i = row - start
-            dcid.write_direct_chunk((row, 0, 0), spectra[i : i + k])
-            self.stats.direct_chunks += 1
-        if last < stop:
-            data[last:stop] = spectra[last - start :]
+    def _write_spectra(self, name: str, start: int, rows: npt.NDArray[Any]) -> None:
+        writer = self._spectra[name]
+        chunks, stored = writer.chunks_written, writer.bytes_stored
+        writer.write(start, rows)
+        done = writer.chunks_written - chunks
+        self.stats.stored_bytes += writer.bytes_stored - stored
+        if writer.codec is None:
+            self.stats.direct_chunks += done
+        else:
+            self.stats.compressed_chunks += done
 
     def _write_columns(
         self, blk: Block, n: int, missing: npt.NDArray[np.bool_] | None
     ) -> None:
-        """The stream's columns, the derived quantities, the frame numbers:
-        one write per dataset."""
-        rows = slice(blk.start, blk.start + n)
+        """The stream's columns and the derived quantities: one write per
+        dataset (the spectra-sized summed spectrum by whole chunks)."""
+        start = blk.start
+        rows = slice(start, start + n)
         stream = blk.metadata_columns(n)
+        if not blk.window_counts:
+            stream.pop("window_counts", None)  # not carried: not written
         derived = derive(
             stream,
             blk.spectra[:n],
             self.windows,
             clock_hz=self.clock_hz,
             warn=False,  # rows without frames are NaN until zeroed below
+            summed="summed_spectrum" in self.datasets,
         ).columns()
         for name, column in (stream | derived).items():
+            ds = self.datasets.get(name)
+            if ds is None:
+                continue  # e.g. window_counts the first block did not carry
             if missing is not None:
                 column[missing] = 0
-            self.datasets[name][rows] = column
-        self.datasets["frame_number"][rows] = blk.frame_number[:n]
+            if name in self._spectra:
+                self._write_spectra(name, start, column)
+            else:
+                ds[rows] = column
 
 
 def present_runs(start: int, present: npt.NDArray[np.bool_]) -> Rows:

@@ -6,17 +6,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePath
 from typing import Any, Literal
 
+import h5py
 import numpy as np
 import numpy.typing as npt
 
 from .._constants import CLOCK_HZ
-from ..protocol import Frame
-from ..transport import DurableRows, FrameRefusedError
+from ..protocol import Calibration, Frame, per_channel
+from ..transport import DurableRows, FrameRefusedError, FrameShapeError
 from ._blocks import (
     BLOCK_BYTES,
     MAX_BLOCKS,
@@ -26,7 +27,9 @@ from ._blocks import (
     RowFiller,
 )
 from ._chunk_io import ChunkFile
-from ._layout import create_file, dataset_specs
+from ._codec import Compression, codec_for
+from ._layout import DatasetSpec, create_file, dataset_specs
+from ._repair import WriterMarker
 from ._stats import WriterStats
 from ._thread import WriterThread
 
@@ -40,19 +43,20 @@ SpectraIO = Literal["o_direct", "pwrite", "hdf5"]
 class Hdf5FrameWriter:
     """Writes a run's frames to HDF5 from the receiver thread, at full rate.
 
-    ``put(row, frame)`` and ``flush()`` are called by the receiver thread;
-    ``open()`` / ``close()`` by the owner. ``windows``: software ROI bin
-    windows, ``(channels, R, 2)`` inclusive. ``expected``: the run's length if
-    known (its rows are allocated at open). Rows safely on disk are reported in
-    :attr:`durable`.
+    ``put(row, frame)`` and ``flush()`` on the receiver thread, ``open()`` /
+    ``close()`` by the owner. ``windows``: ROI bin windows ``(channels, R,
+    2)``, inclusive. ``expected``: the run's length if known (rows allocated
+    at open). ``window_counts``: store them when the stream carries them
+    (only then has the file that dataset). ``compression`` (``None``,
+    ``"bslz4"``, ``"blosc"``, ``"gzip"``) and ``chunk_frames`` (default: ~1
+    MiB): the spectra's; ``summed_spectrum``: also the dead-time corrected
+    sum over channels; ``calibration``: one for all channels or one per
+    channel (for PyMca). Rows safely on disk are in :attr:`durable`.
 
     >>> writer = Hdf5FrameWriter(path, 4, 4096, windows, expected=1000)
-    >>> writer.open()
-    >>> writer.put(0, frame)        # on the receiver thread
-    >>> writer.flush()              # after each batch of messages
-    >>> writer.close()
+    >>> writer.open(); writer.put(0, frame); writer.flush(); writer.close()
     >>> writer.durable.prefix()
-    1000
+    1
     """
 
     def __init__(
@@ -63,9 +67,13 @@ class Hdf5FrameWriter:
         windows: npt.NDArray[np.integer[Any]],
         *,
         expected: int | None = None,
-        window_counts: bool = False,
+        window_counts: bool = True,
         clock_hz: float = CLOCK_HZ,
         spectra_dtype: str = "<u4",
+        compression: Compression | None = None,
+        chunk_frames: int | None = None,
+        summed_spectrum: bool = False,
+        calibration: Calibration | Sequence[Calibration] | None = None,
         flush_period: float = 0.1,
         block_bytes: int = BLOCK_BYTES,
         max_blocks: int = MAX_BLOCKS,
@@ -77,18 +85,42 @@ class Hdf5FrameWriter:
         self.channels = channels
         self.bins = bins
         self.windows = np.asarray(windows, dtype=np.int64).reshape(channels, -1, 2)
-        self.n_rois = int(self.windows.shape[1])
         self.expected = expected
         self.clock_hz = clock_hz
         self.flush_period = flush_period
         self.spectra_dtype = np.dtype(spectra_dtype)
-        self.specs = dataset_specs(
+        self.compression = compression
+        self._codec = codec_for(compression) if compression is not None else None
+        self.calibrations = per_channel(calibration or Calibration(), channels)
+        every = dataset_specs(
             channels,
             bins,
-            self.n_rois,
+            int(self.windows.shape[1]),
             spectra_dtype=spectra_dtype,
             window_counts=window_counts,
+            summed=summed_spectrum,
+            chunk_frames=chunk_frames,
+            compression=compression,
         )
+        #: The datasets made at open. ``window_counts`` is made when the first
+        #: frames written carry them (:attr:`has_window_counts`).
+        self.specs = [s for s in every if s.name != "window_counts"]
+        self.window_counts_spec = next(
+            (s for s in every if s.name == "window_counts"), None
+        )
+        self._setup(every, block_bytes, max_blocks, drop_cache, direct_io, o_direct)
+
+    def _setup(
+        self,
+        every: list[DatasetSpec],
+        block_bytes: int,
+        max_blocks: int,
+        drop_cache: bool,
+        direct_io: bool,
+        o_direct: bool,
+    ) -> None:
+        """The blocks, the write path, the state: what the specs imply."""
+        channels, bins = self.channels, self.bins
         self.chunk = self.specs[0].chunk_rows()
         row_bytes = self.specs[0].row_bytes
         self.block_rows = self.chunk * max(1, block_bytes // (self.chunk * row_bytes))
@@ -97,10 +129,11 @@ class Hdf5FrameWriter:
         #: cached pages (``posix_fadvise(DONTNEED)``).
         self.drop_cache = drop_cache and hasattr(os, "posix_fadvise")
         #: Write the spectra of the rows allocated at open with ``pwrite``
-        #: (``o_direct``: with ``O_DIRECT`` where possible) instead of HDF5.
-        self.direct_io = direct_io
+        #: (``o_direct``: with ``O_DIRECT`` where possible) instead of HDF5
+        #: (uncompressed files only).
+        self.direct_io = direct_io and self.compression is None
         self.o_direct = o_direct
-        #: Rows safely on disk (written and flushed), and the writer's error.
+        #: Rows safely on disk (written, flushed, marked), and the writer's error.
         self.durable = DurableRows()
         #: Compatibility, removed when the receiver uses DurableRows: called on
         #: the writer thread after each flush and when the writer fails.
@@ -110,7 +143,7 @@ class Hdf5FrameWriter:
         self._lock = threading.Lock()  # receiver thread vs close()
         stream = {
             s.name: (s.shape, s.dtype)
-            for s in self.specs
+            for s in every
             if s.source == "stream" and s.name != "data"
         }
         self._pool = BlockPool(
@@ -124,23 +157,36 @@ class Hdf5FrameWriter:
             durable=self.durable,
             stats=self.stats,
         )
-        self._filler = RowFiller(str(self.path), channels, stream)
+        self._filler = RowFiller(str(self.path), channels, stream, self.spectra_dtype)
         self._chunks: ChunkFile | None = None
         self._spectra_io: SpectraIO = "hdf5"
         self._thread: WriterThread | None = None
         self._batcher: Batcher | None = None
+        self._marker: WriterMarker | None = None
+        self._had_window_counts = False
 
     # -- owner -----------------------------------------------------------------------
     def open(self) -> None:
-        """Create the file and start the writer thread."""
+        """Create the file (and its ``.writing`` sidecar, see
+        :mod:`~ophyd_xspress.hdf5._repair`) and start the writer thread."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        rows = self.expected or 0
+        marker = WriterMarker.acquire(self.path)
+        try:
+            self._start(self.expected or 0)
+        except BaseException:
+            marker.release()
+            raise
+        self._marker = marker
+
+    def _start(self, rows: int) -> None:
         f, datasets = create_file(
             self.path,
             self.specs,
             rows=rows,
             windows=self.windows,
             aligned=self.direct_io,
+            codec=self._codec,
+            calibration=np.array([c.pymca() for c in self.calibrations]),
         )
         try:
             if self.direct_io and rows:
@@ -150,12 +196,7 @@ class Hdf5FrameWriter:
         except BaseException:
             f.close()
             raise
-        advise_fd: int | None = None
-        if self.drop_cache:
-            try:
-                advise_fd = int(f.id.get_vfd_handle())
-            except Exception:  # another file driver: no fd to advise
-                advise_fd = None
+        advise_fd = _file_descriptor(f) if self.drop_cache else None
         if rows:
             # the first blocks' memory touched now, not while frames pour in
             self._pool.prefault(min(PREFAULT_BLOCKS, -(-rows // self.block_rows)))
@@ -164,6 +205,8 @@ class Hdf5FrameWriter:
             file=f,
             datasets=datasets,
             chunks=self._chunks,
+            codec=self._codec,
+            window_counts=self.window_counts_spec,
             windows=self.windows,
             clock_hz=self.clock_hz,
             flush_period=self.flush_period,
@@ -196,11 +239,15 @@ class Hdf5FrameWriter:
                 if batcher is not None:
                     batcher.handoff()
                 thread.stop()
-                thread.file.close()
+                self._had_window_counts = thread.has_window_counts
+                _close(thread.file, self.durable)
             chunks, self._chunks = self._chunks, None
             if chunks is not None:
                 self._spectra_io = "o_direct" if chunks.o_direct else "pwrite"
                 chunks.close()
+            marker, self._marker = self._marker, None
+            if marker is not None:
+                marker.release()
             error = self.error
             if error is not None and not self._error_reported:
                 self._error_reported = True
@@ -208,15 +255,22 @@ class Hdf5FrameWriter:
 
     # -- FrameSink (receiver thread) -------------------------------------------------
     def put(self, row: int, frame: Frame) -> None:
-        """Store ``frame`` in ``row``; raises :class:`FrameRefusedError` for a
-        frame of another shape than the file's, the writer's error once it
-        failed."""
+        """Store ``frame`` in ``row``; raises :class:`FrameShapeError` for a
+        frame of another shape than the file's, :class:`FrameRefusedError` for
+        one whose values the file's dtypes would change, the writer's error
+        once it failed."""
         spectra = frame.spectra
         if spectra.shape != (self.channels, self.bins):
-            raise FrameRefusedError(
-                f"frame {frame.frame} has shape {spectra.shape}, the file "
-                f"{self.path} was opened for {(self.channels, self.bins)}"
+            raise FrameShapeError(
+                frame.frame,
+                spectra.shape,
+                (self.channels, self.bins),
+                f"the file {self.path}",
             )
+        reason = self._filler.refusal(frame)
+        if reason is not None:  # values the file's dtypes would change
+            self.stats.refused += 1
+            raise FrameRefusedError(f"frame {frame.frame}: {reason}")
         with self._lock, self._reporting():
             batcher = self._batcher
             if batcher is None:
@@ -254,13 +308,23 @@ class Hdf5FrameWriter:
     @property
     def spectra_io(self) -> SpectraIO:
         """How the spectra of the rows allocated at open reach the file:
-        ``"o_direct"``, ``"pwrite"`` (page cache) or ``"hdf5"`` (also all
-        rows of a run of unknown length). An ``O_DIRECT`` write the file
-        system refuses turns ``"o_direct"`` into ``"pwrite"``."""
+        ``"o_direct"``, ``"pwrite"`` (page cache; also when ``O_DIRECT`` is
+        refused) or ``"hdf5"`` (every row of an unknown length or compressed)."""
         chunks = self._chunks
         if chunks is None:
             return self._spectra_io
         return "o_direct" if chunks.o_direct else "pwrite"
+
+    @property
+    def has_window_counts(self) -> bool:
+        """The file has ``window_counts``: the first frames written carried
+        them (settled once the first rows are durable)."""
+        thread = self._thread
+        return thread.has_window_counts if thread else self._had_window_counts
+
+    @property
+    def carried_window_counts(self) -> bool:  # a frame put so far had them
+        return self._filler.carried_window_counts
 
     @property
     def is_open(self) -> bool:
@@ -275,3 +339,24 @@ class Hdf5FrameWriter:
         callback = self.on_flushed
         if callback is not None:
             callback()
+
+
+def _close(f: h5py.File, durable: DurableRows) -> None:
+    """Close the file. After a failure (a full disk) HDF5 may fail again to
+    write what it still holds: the first error is the one that counts."""
+    name = f.filename
+    try:
+        f.close()
+    except Exception as exc:
+        if durable.error is None:
+            durable.fail(exc)
+        else:
+            log.warning("%s: closing after the writer failed: %s", name, exc)
+
+
+def _file_descriptor(f: h5py.File) -> int | None:
+    """The file's descriptor (for ``posix_fadvise``), None for another driver."""
+    try:
+        return int(f.id.get_vfd_handle())
+    except Exception:  # another file driver: no fd to advise
+        return None

@@ -2,19 +2,24 @@
 
 Bin ``i`` covers ``[offset + i * ev_per_bin, offset + (i + 1) * ev_per_bin)`` eV;
 its centre is ``offset + (i + 0.5) * ev_per_bin``. The Xspress3 default is
-10 eV a bin from 0 eV. The simulator, the ROIs and the plots all use
-:class:`Calibration`.
+10 eV a bin from 0 eV. The simulator, the ROIs, the HDF5 file and the plots all
+use :class:`Calibration`.
+
+Each channel of a detector has its own amplifier, so each can have its own
+calibration: :func:`per_channel` turns one calibration for all channels, or
+one per channel, into one per channel.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Calibration"]
+__all__ = ["Calibration", "per_channel"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,3 +67,31 @@ class Calibration:
     def edges(self, bins: int) -> npt.NDArray[np.float64]:
         """The ``bins + 1`` bin edges (eV)."""
         return self.offset_ev + np.arange(bins + 1, dtype=np.float64) * self.ev_per_bin
+
+    def pymca(self) -> tuple[float, float, float]:
+        """PyMca's calibration ``(c0, c1, c2)`` in keV: the centre of bin ``i``
+        is at ``c0 + c1 * i + c2 * i**2`` keV (PyMca plots bin ``i`` at ``i``)."""
+        return (
+            (self.offset_ev + 0.5 * self.ev_per_bin) / 1000.0,
+            self.ev_per_bin / 1000.0,
+            0.0,
+        )
+
+
+def per_channel(
+    calibration: Calibration | Sequence[Calibration], channels: int
+) -> tuple[Calibration, ...]:
+    """One calibration per channel: ``calibration`` for every channel, or
+    the sequence given, which must have one per channel."""
+    if isinstance(calibration, Calibration):
+        return (calibration,) * channels
+    calibrations = tuple(calibration)
+    if len(calibrations) != channels:
+        raise ValueError(
+            f"{len(calibrations)} calibrations for {channels} channels: give one "
+            "(eV per bin, offset eV) for all channels or one per channel"
+        )
+    for c, cal in enumerate(calibrations):
+        if not isinstance(cal, Calibration):
+            raise TypeError(f"calibration of channel {c} is not a Calibration: {cal!r}")
+    return calibrations

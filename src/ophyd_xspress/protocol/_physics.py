@@ -41,6 +41,7 @@ __all__ = [
     "DeadTimeWarning",
     "Derived",
     "correct",
+    "corrected_sum",
     "dead_time",
     "dead_time_from_scalers",
     "derive",
@@ -244,6 +245,8 @@ class Derived:
     roi: npt.NDArray[Any] | None
     #: ``roi * dtc``, or None without windows.
     roi_corrected: F64 | None
+    #: ``(..., bins)``: the spectra times dtc, summed over channels, when asked.
+    summed_spectrum: F64 | None = None
 
     def columns(self) -> dict[str, npt.NDArray[Any]]:
         """The derived quantities by their HDF5 dataset name (see
@@ -252,13 +255,16 @@ class Derived:
         out: dict[str, npt.NDArray[Any]] = {
             "dtc": dt.dtc,
             "dead_time_percent": dt.dead_percent,
+            "elapsed_time": dt.real_time,
             "live_time": dt.live_time,
             "input_count_rate": dt.icr,
-            "output_count_rate": dt.ocr,
+            "ocr": dt.ocr,
         }
         if self.roi is not None and self.roi_corrected is not None:
             out["roi"] = self.roi
             out["roi_corrected"] = self.roi_corrected
+        if self.summed_spectrum is not None:
+            out["summed_spectrum"] = self.summed_spectrum
         return out
 
 
@@ -269,20 +275,39 @@ def derive(
     *,
     clock_hz: float = CLOCK_HZ,
     warn: bool = True,
+    summed: bool = False,
 ) -> Derived:
     """The per-frame physics, the one derivation every consumer uses.
 
     ``scalers``: the stream's scalers by name (``(..., channels)`` arrays: one
     frame, or a block of frames). ``spectra`` ``(..., channels, bins)`` and
     ``windows`` (as :func:`roi_sums` takes them) give the ROI sums; without
-    either, ``roi`` and ``roi_corrected`` are None. Dead time comes from the
-    formula only; the stream's own ``dead_time_correction`` is not used.
+    either, ``roi`` and ``roi_corrected`` are None. ``summed``: also the
+    spectra times dtc summed over channels (:func:`corrected_sum`; needs
+    ``spectra``). Dead time comes from the formula only; the stream's own
+    ``dead_time_correction`` is not used.
     """
     dt = dead_time_from_scalers(scalers, clock_hz=clock_hz, warn=warn)
+    total = corrected_sum(spectra, dt.dtc) if summed and spectra is not None else None
     if spectra is None or windows is None or np.asarray(windows).size == 0:
-        return Derived(dt, None, None)
+        return Derived(dt, None, None, total)
     raw = roi_sums(spectra, windows)
-    return Derived(dt, raw, correct(raw, dt.dtc))
+    return Derived(dt, raw, correct(raw, dt.dtc), total)
+
+
+def corrected_sum(spectra: npt.ArrayLike, dtc: npt.ArrayLike) -> F64:
+    """``(..., channels, bins)`` spectra times ``(..., channels)`` dtc, summed
+    over channels: ``(..., bins)``. A channel whose dtc is NaN or inf makes its
+    frame's sum NaN or inf (flagged by :func:`dead_time`): a sum missing a
+    channel would look like a real one."""
+    s = np.asarray(spectra)
+    d = _f64(dtc)
+    out = np.zeros((*s.shape[:-2], s.shape[-1]), np.float64)
+    # one channel at a time: a (..., bins) temporary, not a float copy of all
+    with np.errstate(invalid="ignore", over="ignore"):
+        for c in range(s.shape[-2]):
+            out += s[..., c, :] * d[..., c, np.newaxis]
+    return out
 
 
 def _float_window_sums(
