@@ -163,10 +163,17 @@ def sim_options() -> dict[str, Any]:
 
 
 @pytest.fixture
-def sim(sim_options: dict[str, Any]) -> Iterator[Any]:
+def sim(sim_options: dict[str, Any], tmp_path: Path) -> Iterator[Any]:
     from ophyd_xspress.sim import XspressSimulator
 
-    options: dict[str, Any] = {"channels": 4, "stream": "tcp://127.0.0.1:0"}
+    # As on the device, WriteHdf5 starts true and every Arm outside a prepare
+    # of the detector (which switches it off) writes the device's own file:
+    # into the test's folder, not the device's default /tmp/temp.h5.
+    options: dict[str, Any] = {
+        "channels": 4,
+        "stream": "tcp://127.0.0.1:0",
+        "destination_file_name": str(tmp_path / "device-temp.h5"),
+    }
     options.update(sim_options)
     simulator = XspressSimulator(**options)
     simulator.start()

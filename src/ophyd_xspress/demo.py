@@ -98,7 +98,7 @@ def run_demo(
         count_uid, fly_uid, rois = _acquire(
             catalog, channels, points, frames, exposure, fly_exposure, progress, out
         )
-        fly = catalog.client[fly_uid]["primary"]
+        fly = catalog[fly_uid]["primary"]
         spectra = np.asarray(fly["xspress"].read())
         dead = np.asarray(fly["xspress-dead_time"].read())
         icr = np.asarray(fly["xspress-icr"].read())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
 __all__ = ["add_arguments", "run"]
@@ -29,9 +30,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+#: The demo's catalog, plots and tables come with an extra.
+MISSING_EXTRA = (
+    "ophyd-xspress demo: error: the demo needs the 'demo' extra ({missing} is not "
+    "installed): pip install 'ophyd-xspress[demo]'"
+)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
+    for module in ("tiled", "bluesky_tiled_plugins", "matplotlib"):
+        if importlib.util.find_spec(module) is None:
+            print(MISSING_EXTRA.format(missing=module), file=sys.stderr)
+            return 2
     if not 1 <= args.channels <= 8:
         print("ophyd-xspress demo: error: --channels must be 1..8", file=sys.stderr)
         return 2

@@ -68,6 +68,11 @@ def format_report(report: dict[str, Any], name: str) -> str:
         found = [f"{k}={v}" for k, v in an.items() if v and k != "series_end_received"]
         lines.append(f"  {'series_end received':<22} {an['series_end_received']}")
         lines.append(f"  {'anomalies':<22} {'; '.join(found) if found else 'none'}")
+        if s.get("repeats_excluded"):
+            lines.append(
+                f"  {'counted once':<22} {s['unique_frames']} unique frames; "
+                f"{s['repeats_excluded']} repeats left out of the totals below"
+            )
         lines.append(f"  {'counts per channel':<22} {s['channel_totals']}")
         lines.append(
             f"  {'sum == all_good':<22} "

@@ -1,5 +1,11 @@
 """ophyd-async signals of the MAX IV ``Xspress3DS`` Tango device (the control plane).
 
+Each signal has the device's access (``xspress3/DeviceServer.py`` in
+maxiv-science/xspress3-streamer): read-write only where the device has a
+setter, so ophyd-async's ``get_current_settings`` / ``apply_settings`` never
+write an attribute the real device refuses (``EventWidth_Ch{n}`` is
+read-only there: its event widths come from a device property).
+
 Besides the signals, :class:`XspressControl` answers the questions the acquire
 logic asks the device: is it in FAULT (and why), is it still RUNNING.
 """
@@ -7,9 +13,10 @@ logic asks the device: is it in FAULT (and why), is it still RUNNING.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from ophyd_async.core import Device, DeviceVector, SignalR, SignalRW
+import numpy as np
+from ophyd_async.core import Array1D, Device, DeviceVector, SignalR, SignalRW
 from ophyd_async.tango.core import (
     DevStateEnum,
     get_full_attr_trl,
@@ -58,14 +65,28 @@ def bind_tango_to_running_loop() -> None:
 
 
 class XspressChannelControl(Device):
-    """Per-channel attributes of the device (``EventWidth_Ch{n}``)."""
+    """Per-channel attributes of the device: ``EventWidth_Ch{n}`` (read-only,
+    ticks) and the two hardware windows ``Window1_Ch{n}``, ``Window2_Ch{n}``
+    (``[low, high]`` inclusive bins; the device clamps them into the
+    spectrum)."""
 
     def __init__(self, trl: str, channel: int, name: str = "") -> None:
         def attr(n: str) -> str:
             return get_full_attr_trl(trl, f"{n}_Ch{channel}")
 
-        self.event_width: SignalRW[int] = tango_signal_rw(int, attr("EventWidth"))
+        self.event_width: SignalR[int] = tango_signal_r(int, attr("EventWidth"))
+        # DevLong spectra: ophyd-async reads them as the platform's int
+        self.window1: SignalRW[Array1D[np.int_]] = tango_signal_rw(
+            Array1D[np.int_], attr("Window1")
+        )
+        self.window2: SignalRW[Array1D[np.int_]] = tango_signal_rw(
+            Array1D[np.int_], attr("Window2")
+        )
         super().__init__(name=name)
+
+    @property
+    def windows(self) -> tuple[SignalRW[Array1D[np.int_]], ...]:
+        return (self.window1, self.window2)
 
 
 class XspressControl(Device):
@@ -81,6 +102,8 @@ class XspressControl(Device):
         self.n_frames_per_trigger = tango_signal_rw(int, attr("nFramesPerTrigger"))
         self.trigger_mode = tango_signal_rw(str, attr("TriggerMode"))
         self.destination_file_name = tango_signal_rw(str, attr("DestinationFileName"))
+        #: The device writes its own HDF5 file at every Arm (default True).
+        self.write_hdf5 = tango_signal_rw(bool, attr("WriteHdf5"))
         self.n_frames_acquired: SignalR[int] = tango_signal_r(
             int, attr("nFramesAcquired")
         )
@@ -99,6 +122,18 @@ class XspressControl(Device):
         self.channels = DeviceVector(
             {i: XspressChannelControl(self.trl, i) for i in range(n)}
         )
+
+    async def set_hardware_windows(
+        self, windows: Sequence[Sequence[tuple[int, int]]]
+    ) -> None:
+        """``windows[w][n]``: ``[low, high]`` bins of window ``w`` (0, 1) of
+        channel ``n``; windows not given are left as they are."""
+        coros = [
+            channel.windows[w].set(np.asarray(per_channel[n], dtype=np.int_))
+            for w, per_channel in enumerate(windows)
+            for n, channel in self.channels.items()
+        ]
+        await asyncio.gather(*coros)
 
     # -- questions the acquire logic asks ------------------------------------------
     async def state_name(self) -> str:

@@ -8,6 +8,11 @@ series: header fields, framing, shape, exposure, frames received, anomalies
 the dead-time correction factor computed from the raw scalers compared with
 the stream's own. Frames outside any series are summarised first, as a series
 with no index.
+
+Each frame counts once: a frame number seen again in its series (a repeat)
+is listed (``frames``, ``anomalies.repeated``, ``repeats_excluded``) but adds
+nothing to the totals, rates and dead-time statistics, which are over the
+``unique_frames``.
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ class _SeriesAcc:
     shapes: set[tuple[int, ...]] = field(default_factory=set)
     dtypes: set[str] = field(default_factory=set)
     exptimes: set[float] = field(default_factory=set)
+    #: Frames whose ``exptime`` was NaN or infinite (reported, not averaged).
+    exptime_not_finite: list[int] = field(default_factory=list)
     frame_numbers: list[int] = field(default_factory=list)
     channel_totals: npt.NDArray[np.int64] | None = None
     all_good_totals: npt.NDArray[np.int64] | None = None
@@ -73,14 +80,23 @@ class _SeriesAcc:
     ocr_field_ratio: list[npt.NDArray[np.float64]] = field(default_factory=list)
     window_counts: npt.NDArray[np.int64] | None = None
     extra_names: set[str] = field(default_factory=set)
+    #: Frame numbers counted in the totals, and the repeats left out of them.
+    unique: set[int] = field(default_factory=set)
+    repeats_excluded: int = 0
 
     def add(self, frame: Frame) -> None:
         self.framing.add(frame.framing)
         self.shapes.add(tuple(frame.spectra.shape))
         self.dtypes.add(frame.info.type)
-        if frame.exptime is not None:
+        if frame.exptime is not None and math.isfinite(frame.exptime):
             self.exptimes.add(frame.exptime)
+        elif frame.exptime is not None:
+            self.exptime_not_finite.append(frame.frame)
         self.frame_numbers.append(frame.frame)
+        if frame.frame in self.unique:  # a repeat: listed, never counted twice
+            self.repeats_excluded += 1
+            return
+        self.unique.add(frame.frame)
         sums = frame.spectra.sum(axis=1, dtype=np.int64)
         good = frame["all_good"].astype(np.int64)
         if self.channel_totals is None or self.channel_totals.shape != sums.shape:
@@ -133,6 +149,8 @@ class _SeriesAcc:
             "dtype": "+".join(sorted(self.dtypes)) if self.dtypes else None,
             "exptime": exptimes[0] if len(exptimes) == 1 else (exptimes or None),
             "frames": len(self.frame_numbers),
+            "unique_frames": len(self.unique),
+            "repeats_excluded": self.repeats_excluded,
             "first_frame": min(self.frame_numbers) if self.frame_numbers else None,
             "last_frame": max(self.frame_numbers) if self.frame_numbers else None,
             "hardware_windows": (
@@ -156,6 +174,7 @@ class _SeriesAcc:
             ),
             "spectrum_sum_ne_all_good": self.frames_sum_mismatch,
             "clock_ticks_ne_total_ticks": self.ticks_mismatch,
+            "exptime_not_finite": self.exptime_not_finite,
         }
         if self.index is None:
             anomalies["frames_outside_series"] = sorted(self.frame_numbers)
@@ -258,11 +277,25 @@ def inspect_messages(
     series = [accs[s.index].summary(s) for s in tracker.series if s.index in accs]
     if strays.frame_numbers:
         series.insert(0, strays.summary(None))
-    return {
-        "messages": n_messages,
-        "packets": n_packets,
-        "frames": sum(s["frames"] for s in series),
-        "series": series,
-        "anomaly_counts": dict(sorted(tracker.counts.items())),
-        "errors": errors,
-    }
+    return _finite(
+        {
+            "messages": n_messages,
+            "packets": n_packets,
+            "frames": sum(s["frames"] for s in series),
+            "series": series,
+            "anomaly_counts": dict(sorted(tracker.counts.items())),
+            "errors": errors,
+        }
+    )
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None: the report
+    is valid JSON, and text and JSON say the same ("not a number" is null)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
