@@ -144,3 +144,36 @@ def test_listen_json_summarises_a_running_stream(
     assert summary["mb_per_s"] > 0
     assert all(0 < d < 50 for d in summary["dead_time_percent"])
     assert all(ocr > 0 for ocr in summary["ocr_cps"])
+
+
+def test_inspect_reports_a_non_finite_exptime_as_null(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Frames whose exptime is NaN or infinite: valid JSON (null, not NaN),
+    the frames listed as an anomaly, status 0; the text says the same."""
+    import math
+
+    from ophyd_xspress.protocol import SeriesEndMessage, StreamEncoder, make_frame
+    from ophyd_xspress.sim import SimulatedXspress3
+
+    sim = SimulatedXspress3(channels=2, pace=False)
+    encoder = StreamEncoder("multipart")
+    messages = list(encoder.encode(sim.header()))
+    for n, exptime in enumerate((0.1, math.nan, math.inf)):
+        frame = sim.expected_frame(0, n)
+        edited = make_frame(n, frame.spectra, dict(frame.metadata), exptime=exptime)
+        messages += encoder.encode(edited)
+    messages += encoder.encode(SeriesEndMessage())
+    path = tmp_path / "nan.cbors"
+    write_capture(path, messages)
+
+    assert main(["inspect", str(path), "--json"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out, parse_constant=pytest.fail)  # no NaN / Infinity
+    (series,) = report["series"]
+    assert series["exptime"] == 0.1
+    assert series["anomalies"]["exptime_not_finite"] == [1, 2]
+    assert main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "exposure (s)           0.1" in text
+    assert "exptime_not_finite=[1, 2]" in text

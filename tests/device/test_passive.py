@@ -10,7 +10,6 @@ from the capture file.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,12 @@ import bluesky.preprocessors as bpp
 import h5py
 import numpy as np
 import pytest
-from bluesky.plans import count
 from ophyd_async.core import TriggerInfo, init_devices
 from tests.helpers import RAW_SCALER_NAMES
 
 from ophyd_xspress.device import XspressDetector
 from ophyd_xspress.protocol import Frame, HeaderMessage, StreamDecoder
-from ophyd_xspress.tools import read_capture, replay_capture
+from ophyd_xspress.tools import read_capture
 
 DUMP = "xspress3-dump.cbors"
 MULTIPART = "xspress3-multipart.cbors"
@@ -45,47 +43,54 @@ def decode_capture(path: Path) -> tuple[list[HeaderMessage], list[Frame]]:
     return headers, frames
 
 
-class Replayer:
-    """``replay_capture(..., socket="push", wait_for_peer=True)`` on a thread."""
+class GatedSender:
+    """A capture's messages on a bound PUSH socket, sent a group at a time
+    when released: a passive detector takes only frames that arrive after its
+    trigger, so each point's frame is released once the point has begun, as
+    from a detector someone else triggers. Groups: the header, then one frame
+    each (anything after the last frame goes with it)."""
 
-    def __init__(self, capture: Path) -> None:
-        self.capture = capture
-        self.endpoint = ""
-        self.sent: int | None = None
-        self.error: BaseException | None = None
-        self._bound = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="replay")
+    def __init__(self, messages: list[list[bytes]]) -> None:
+        import zmq
 
-    def _on_bound(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-        self._bound.set()
+        self.groups = _groups(messages)
+        self.ctx: Any = zmq.Context()
+        self.sock = self.ctx.socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.bind("tcp://127.0.0.1:0")
+        self.endpoint: str = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.sent = 0
 
-    def _run(self) -> None:
-        try:
-            self.sent = replay_capture(
-                self.capture,
-                "tcp://127.0.0.1:0",
-                socket="push",
-                wait_for_peer=True,
-                peer_timeout=30,
-                on_bound=self._on_bound,
-            )
-        except BaseException as exc:
-            self.error = exc
-            self._bound.set()
+    def release(self, groups: int = 1) -> None:
+        for group in self.groups[self.sent : self.sent + groups]:
+            for message in group:
+                self.sock.send_multipart(message)
+        self.sent = min(len(self.groups), self.sent + groups)
 
-    def start(self) -> Replayer:
-        self._thread.start()
-        assert self._bound.wait(10), "replay socket never bound"
-        if self.error is not None:
-            raise self.error
-        return self
+    def release_all(self) -> None:
+        self.release(len(self.groups))
 
-    def join(self) -> None:
-        self._thread.join(40)
-        assert not self._thread.is_alive(), "replay did not finish"
-        if self.error is not None:
-            raise self.error
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+
+def _groups(messages: list[list[bytes]]) -> list[list[list[bytes]]]:
+    """Split ``messages`` after the header and after each frame."""
+    decoder = StreamDecoder()
+    groups: list[list[list[bytes]]] = [[]]
+    for message in messages:
+        groups[-1].append(message)
+        if any(
+            isinstance(p, Frame | HeaderMessage) for p in decoder.feed(list(message))
+        ):
+            groups.append([])
+    if not groups[-1]:
+        groups.pop()
+    elif len(groups) > 1:  # trailing series_end: with the last frame
+        trailing = groups.pop()
+        groups[-1] += trailing
+    return groups
 
 
 @pytest.fixture
@@ -93,26 +98,48 @@ def passive(
     RE: Any,
     in_loop: Callable[..., Any],
     tmp_path: Path,
-) -> Iterator[Callable[[Path], tuple[XspressDetector, Replayer]]]:
-    made: list[tuple[XspressDetector, Replayer]] = []
+) -> Iterator[Callable[..., tuple[XspressDetector, GatedSender]]]:
+    made: list[tuple[XspressDetector, GatedSender]] = []
 
-    def make(capture: Path, **options: Any) -> tuple[XspressDetector, Replayer]:
-        replayer = Replayer(capture).start()
+    def make(capture: Path, **options: Any) -> tuple[XspressDetector, GatedSender]:
+        sender = GatedSender(list(read_capture(capture)))
         with init_devices():
             xspress = XspressDetector(
-                stream=replayer.endpoint,
+                stream=sender.endpoint,
                 socket="pull",
                 name="xspress",
                 path=tmp_path,
                 **options,
             )
-        made.append((xspress, replayer))
-        return xspress, replayer
+        made.append((xspress, sender))
+        return xspress, sender
 
     yield make
-    for xspress, replayer in made:
+    for xspress, sender in made:
         in_loop(xspress.unstage, timeout=60)
-        replayer.join()
+        sender.close()
+
+
+def gated_points(det: Any, sender: GatedSender, releases: list[int]) -> Any:
+    """A step scan of ``len(releases)`` points: each point triggers, waits
+    until its acquisition has begun, then releases ``releases[k]`` groups
+    (the header goes first, before any point)."""
+
+    def plan() -> Any:
+        sender.release()
+        previous = None
+        for k, groups in enumerate(releases):
+            yield from bps.trigger(det, group=f"point{k}")
+            while det.current_run is None or det.current_run is previous:
+                yield from bps.sleep(0.002)
+            previous = det.current_run
+            sender.release(groups)
+            yield from bps.wait(f"point{k}")
+            yield from bps.create()
+            yield from bps.read(det)
+            yield from bps.save()
+
+    return bpp.stage_wrapper(bpp.run_wrapper(plan()), [det])
 
 
 def check_events(events: list[dict[str, Any]], frames: list[Frame]) -> None:
@@ -145,9 +172,8 @@ def test_count_replayed_capture(RE, docs, shared_data, passive, capture, n_frame
         pytest.skip(f"{path} not found")
     _, frames = decode_capture(path)
     assert len(frames) == n_frames
-    xspress, replayer = passive(path)
-    RE(count([xspress], n_frames))
-    replayer.join()
+    xspress, sender = passive(path)
+    RE(gated_points(xspress, sender, [1] * n_frames))
     docs.assert_valid()
     check_events(docs["event"], frames)
     assert docs["stop"][0]["exit_status"] == "success"
@@ -158,7 +184,7 @@ def test_count_replayed_capture(RE, docs, shared_data, passive, capture, n_frame
     # passive: no Tango control signals in the configuration
     conf = docs["descriptor"][0]["configuration"]["xspress"]["data"]
     assert not any("control" in key for key in conf)
-    assert conf["xspress-stream_endpoint"] == replayer.endpoint
+    assert conf["xspress-stream_endpoint"] == sender.endpoint
 
 
 def test_passive_configuration_shows_the_header(RE, docs, shared_data, passive):
@@ -166,16 +192,9 @@ def test_passive_configuration_shows_the_header(RE, docs, shared_data, passive):
     if not path.is_file():
         pytest.skip(f"{path} not found")
     headers, frames = decode_capture(path)
-    xspress, replayer = passive(path)
-
-    def plan() -> Any:
-        # a user stages, then looks around for a moment before the first point
-        yield from bps.sleep(0.3)
-        for _ in frames:
-            yield from bps.trigger_and_read([xspress])
-
-    RE(bpp.stage_wrapper(bpp.run_wrapper(plan()), [xspress]))
-    replayer.join()
+    xspress, sender = passive(path)
+    # the header arrives before the first point, when no run waits for it
+    RE(gated_points(xspress, sender, [1] * len(frames)))
     check_events(docs["event"], frames)
     conf = docs["descriptor"][0]["configuration"]["xspress"]["data"]
     # and the header that came before them, though no run was waiting for it
@@ -193,9 +212,14 @@ def test_fly_scan_of_replayed_capture_to_hdf5(
     if not path.is_file():
         pytest.skip(f"{path} not found")
     _, frames = decode_capture(path)
-    xspress, replayer = passive(path)
-    RE(fly(xspress, TriggerInfo(number_of_events=len(frames))))
-    replayer.join()
+    xspress, sender = passive(path)
+    RE(
+        fly(
+            xspress,
+            TriggerInfo(number_of_events=len(frames)),
+            after_kickoff=sender.release_all,
+        )
+    )
     docs.assert_valid()
     assert docs["stop"][0]["exit_status"] == "success"
     datums = docs["stream_datum"]
@@ -237,9 +261,8 @@ def test_passive_fly_scan_drops_repeated_frames_without_shifting_rows(
     messages += encoder.encode(SeriesEndMessage())
     path = tmp_path / "repeats.cbors"
     write_capture(path, messages)
-    xspress, replayer = passive(path)
-    RE(fly(xspress, TriggerInfo(number_of_events=6)))
-    replayer.join()
+    xspress, sender = passive(path)
+    RE(fly(xspress, TriggerInfo(number_of_events=6), after_kickoff=sender.release_all))
     docs.assert_valid()
     assert docs["stop"][0]["exit_status"] == "success"
     (h5,) = tmp_path.glob("*.h5")
@@ -283,10 +306,15 @@ def test_passive_fly_scan_keeps_rows_when_a_frame_is_lost_or_late(
     from ophyd_xspress.transport import StreamIncompleteError
 
     path, frames = _capture(tmp_path, [0, 1, 4, 3, 5])
-    xspress, replayer = passive(path)
+    xspress, sender = passive(path)
     with pytest.raises(FailedStatus) as info:
-        RE(fly(xspress, TriggerInfo(number_of_events=6)))
-    replayer.join()
+        RE(
+            fly(
+                xspress,
+                TriggerInfo(number_of_events=6),
+                after_kickoff=sender.release_all,
+            )
+        )
     assert isinstance(info.value.__cause__, StreamIncompleteError), info.value
     assert "ended after 5 of 6 frames; missing 2" in str(info.value.__cause__)
     docs.assert_valid()
@@ -309,9 +337,9 @@ def test_passive_count_takes_each_frame_once(RE, docs, passive, tmp_path):
     triggers (one run each) and the lost frame 2 is reported by the point
     that took frame 3."""
     path, frames = _capture(tmp_path, [0, 1, 0, 1, 3])
-    xspress, replayer = passive(path)
-    RE(count([xspress], 3))
-    replayer.join()
+    xspress, sender = passive(path)
+    # the third point gets the repeats of 0 and 1, then frame 3
+    RE(gated_points(xspress, sender, [1, 1, 3]))
     docs.assert_valid()
     events = docs["event"]
     assert [e["data"]["xspress-frame_number"] for e in events] == [0, 1, 3]

@@ -22,6 +22,7 @@ from ophyd_xspress.device._providers import (
     InlineDataProvider,
     ProgressOnlyProvider,
     hinted_keys,
+    summary_keys,
 )
 from ophyd_xspress.device._rois import make_rois
 from ophyd_xspress.device._session import Diagnostics, LatestFrames
@@ -79,7 +80,15 @@ def plain(keys: Mapping[str, DataKey]) -> dict[str, dict[str, Any]]:
 
 # -- inline: data keys --------------------------------------------------------------
 def test_hinted_keys_are_the_roi_sums_and_dead_times() -> None:
+    # by default one panel per ROI (summed over channels) and one dead time
     assert hinted_keys("xspress", make_config()) == [
+        "xspress-Fe",
+        "xspress-Cu",
+        "xspress-dead_time_max",
+    ]
+    config = make_config()
+    config.per_channel_hints = True
+    assert hinted_keys("xspress", config) == [
         "xspress-Fe",
         "xspress-Fe-ch0",
         "xspress-Fe-ch1",
@@ -88,6 +97,7 @@ def test_hinted_keys_are_the_roi_sums_and_dead_times() -> None:
         "xspress-Cu-ch1",
         "xspress-dead_time-ch0",
         "xspress-dead_time-ch1",
+        "xspress-dead_time_max",
     ]
 
 
@@ -96,8 +106,9 @@ async def test_inline_datakeys_follow_the_schema() -> None:
     sizes = {"C": CHANNELS, "B": BINS, "R": 2}
     schema_keys = set()
     for q in QUANTITIES:
-        if q.dataset == "window_counts":
-            assert q.key("xspress") not in keys  # in the file only
+        if q.dataset in ("window_counts", "summed_spectrum"):
+            # no frame in hand that carries them; not configured
+            assert q.key("xspress") not in keys
             continue
         key = q.key("xspress")
         schema_keys.add(key)
@@ -106,7 +117,7 @@ async def test_inline_datakeys_follow_the_schema() -> None:
         assert dk["dtype_numpy"] == q.dtype, key
         assert dk.get("units", "") == q.units, key
         assert dk.get("precision") == q.precision, key
-    summary = set(hinted_keys("xspress", make_config()))
+    summary = {key for key, _, _ in summary_keys("xspress", make_config())}
     assert set(keys) == schema_keys | summary | {"xspress-anomalies"}
     # anchors, written out
     assert keys["xspress"] == {
@@ -147,7 +158,10 @@ async def test_inline_readings_of_one_frame(frames: list[Frame]) -> None:
     frame = frames[0]
     values = {key: r["value"] for key, r in readings.items()}
     assert len({r["timestamp"] for r in readings.values()}) == 1
-    assert set(values) == set(await inline(config, {}).make_datakeys())
+    described = await inline(config, {0: frame}).make_datakeys()
+    assert set(values) == set(described)
+    assert "xspress-window_counts" in values  # the frame carries them
+    np.testing.assert_array_equal(values["xspress-window_counts"], frame.window_counts)
 
     spectra = values["xspress"]
     assert spectra.dtype == np.uint32
@@ -214,20 +228,17 @@ async def test_inline_without_a_frame_says_so() -> None:
 def hdf5_provider() -> tuple[Hdf5DataProvider, Any, Any]:
     done, set_done = soft_signal_r_and_setter(int, 0)
     stored, set_stored = soft_signal_r_and_setter(int, 0)
-    specs = dataset_specs(CHANNELS, BINS, 2, window_counts=True)
+    specs = dataset_specs(CHANNELS, BINS, 2)  # window_counts: not known to come
     return Hdf5DataProvider("xspress", URI, specs, done, stored), set_done, set_stored
 
 
 async def test_hdf5_datakeys_have_the_per_frame_shape() -> None:
     provider, _, _ = hdf5_provider()
     keys = plain(await provider.make_datakeys(collections_per_event=1))
-    specs = dataset_specs(CHANNELS, BINS, 2, window_counts=True)
-    assert set(keys) == {
-        by_dataset(s.name).key("xspress") for s in specs if s.name != "window_counts"
-    }
+    specs = dataset_specs(CHANNELS, BINS, 2)
+    assert set(keys) == {by_dataset(s.name).key("xspress") for s in specs}
+    assert "xspress-window_counts" not in keys
     for spec in specs:
-        if spec.name == "window_counts":
-            continue
         q = by_dataset(spec.name)
         dk = keys[q.key("xspress")]
         assert dk["shape"] == list(spec.shape), spec.name

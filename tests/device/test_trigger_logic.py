@@ -1,7 +1,8 @@
 """XspressTriggerLogic on ophyd-async's mock backend (no Tango server).
 
 What the logic writes to the device at prepare (trigger mode, frame counts,
-``ExposureTime`` / ``LatencyTime``), what it records for the other logics
+``ExposureTime`` / ``LatencyTime``, ``WriteHdf5``, the hardware windows), what
+it records for the other logics
 (:class:`AcquisitionSettings`) and what it reports (dead time, the default
 TriggerInfo). The device's ``ExposureTime`` is the whole frame period:
 ``ExposureTime = livetime + LatencyTime + 25 ns`` (readout), and
@@ -80,11 +81,11 @@ async def prepare(
 
 # -- trigger modes and frame counts ------------------------------------------------
 @pytest.mark.parametrize(
-    ("trigger", "mode", "n_triggers", "per_trigger"),
+    ("trigger", "mode", "n_triggers", "per_trigger", "timed"),
     [
-        (DetectorTrigger.INTERNAL, "SOFTWARE", 1, NUM),
-        (DetectorTrigger.EXTERNAL_EDGE, "EXTERNAL_MULTI", NUM, 1),
-        (DetectorTrigger.EXTERNAL_LEVEL, "EXTERNAL_MULTI_GATE", NUM, 1),
+        (DetectorTrigger.INTERNAL, "SOFTWARE", 1, NUM, True),
+        (DetectorTrigger.EXTERNAL_EDGE, "EXTERNAL_MULTI", NUM, 1, True),
+        (DetectorTrigger.EXTERNAL_LEVEL, "EXTERNAL_MULTI_GATE", NUM, 1, False),
     ],
 )
 async def test_each_trigger_sets_its_mode_and_frame_counts(
@@ -93,17 +94,45 @@ async def test_each_trigger_sets_its_mode_and_frame_counts(
     mode: str,
     n_triggers: int,
     per_trigger: int,
+    timed: bool,
 ) -> None:
     settings = AcquisitionSettings()
     logic = XspressTriggerLogic(control, settings, make_config())
     await prepare(logic, trigger, NUM)
-    # livetime 0: the device keeps its exposure; nothing else is written
-    assert device_calls(control) == {
+    # livetime 0: the device keeps its exposure; WriteHdf5 is switched off
+    # (the device's default is on); the device's LatencyTime of 0 (its
+    # default) is raised to the shortest this project runs internally timed
+    # frames with
+    expected: dict[str, Any] = {
         "trigger_mode.put": mode,
         "n_triggers.put": n_triggers,
         "n_frames_per_trigger.put": per_trigger,
+        "write_hdf5.put": False,
     }
+    if timed:
+        expected["latency_time.put"] = MIN_LATENCY
+    assert device_calls(control) == expected
     assert (settings.trigger, settings.num) == (trigger, NUM)
+
+
+async def test_a_latency_of_at_least_the_minimum_is_kept(
+    control: XspressControl,
+) -> None:
+    set_mock_value(control.latency_time, 2e-6)
+    logic = XspressTriggerLogic(control, AcquisitionSettings(), make_config())
+    await logic.prepare_internal(num=1, livetime=0.0, deadtime=0.0)
+    assert "latency_time.put" not in device_calls(control)
+    assert "exposure_time.put" not in device_calls(control)
+
+
+async def test_the_device_may_write_its_own_file_when_asked(
+    control: XspressControl,
+) -> None:
+    logic = XspressTriggerLogic(
+        control, AcquisitionSettings(), make_config(), device_writes_hdf5=True
+    )
+    await logic.prepare_internal(num=1, livetime=0.0, deadtime=0.0)
+    assert device_calls(control)["write_hdf5.put"] is True
 
 
 @pytest.mark.parametrize(
@@ -129,6 +158,7 @@ async def test_internal_frame_timing(
             "n_frames_per_trigger.put": NUM,
             "latency_time.put": latency,
             "exposure_time.put": 0.1 + latency + READOUT,
+            "write_hdf5.put": False,
         },
         abs=1e-15,
     )
@@ -153,6 +183,7 @@ async def test_edge_sets_the_exposure_with_the_shortest_latency(
             "n_frames_per_trigger.put": 1,
             "latency_time.put": MIN_LATENCY,
             "exposure_time.put": 0.02 + MIN_LATENCY + READOUT,
+            "write_hdf5.put": False,
         },
         abs=1e-15,
     )
@@ -253,6 +284,9 @@ def test_deadtime_is_latency_plus_readout(control: XspressControl) -> None:
     logic = XspressTriggerLogic(control, AcquisitionSettings(), make_config())
     values = SignalDict({control.latency_time: 1e-6})
     assert logic.get_deadtime(values) == 1e-6 + READOUT
+    # below the minimum (the device's default 0): what prepare will set
+    values = SignalDict({control.latency_time: 0.0})
+    assert logic.get_deadtime(values) == MIN_LATENCY + READOUT
     # without the device's value: the shortest latency this project sets
     assert logic.get_deadtime(SignalDict()) == MIN_LATENCY + READOUT
     passive = XspressTriggerLogic(None, AcquisitionSettings(), make_config())

@@ -250,14 +250,20 @@ def test_frame_after_series_end(stream):
     assert len(errors) == 2
     assert [e.frame.frame for e in errors] == [2, 3]
     assert errors[0].where == "after series_end"
-    assert errors[0].frame.arrival.kind == "stray"
+    # its header was missed: it and the next frames form a headless series
+    # (headless series are numbered -1, -2, ...: announced ones keep 0, 1, ...)
+    assert errors[0].frame.arrival == Arrival("next", -1, headless=True)
+    assert errors[1].frame.arrival == Arrival("next", -1, headless=True)
     tracker = decoder.tracker
+    assert not tracker.series[1].missing_count  # frames before it: not ours
     assert tracker.counts["frame_outside_series"] == 2
     outside = anomalies(tracker, "frame_outside_series")
     assert [a.frames for a in outside] == [(2,), (3,)]
     assert outside[0].message == (
-        "frame 2 received after series_end of series 0: not attributed to any "
-        "series (further such frames are counted, not logged)"
+        "frame 2 received after series_end of series 0: the header of its series "
+        "was missed (this consumer joined after Arm, or another consumer of a PUSH "
+        "stream took it); the frames up to the next header are kept as a series of "
+        "their own (further such frames are counted, not logged)"
     )
     assert tracker.series[0].frames_received == 2
     assert decoder.frames_decoded == 2
@@ -271,8 +277,10 @@ def test_frame_before_any_header(stream):
     assert len(errors) == 1
     (anomaly,) = decoder.tracker.anomalies
     assert anomaly.message == (
-        "frame 4 received before any header: not attributed to any series "
-        "(further such frames are counted, not logged)"
+        "frame 4 received before any header: the header of its series was missed "
+        "(this consumer joined after Arm, or another consumer of a PUSH stream "
+        "took it); the frames up to the next header are kept as a series of their "
+        "own (further such frames are counted, not logged)"
     )
     assert errors[0].where == "before any header"
 
@@ -288,7 +296,8 @@ def test_new_header_after_series_end_is_not_an_anomaly(stream):
 # -- the tracker on its own ----------------------------------------------------
 def test_tracker_verdicts_name_the_series():
     tracker = SeriesTracker()
-    assert tracker.track(0).kind == "stray"
+    assert tracker.track(7) == Arrival("next", -1, headless=True)
+    assert tracker.track(9) == Arrival("next", -1, gap=(8, 9), headless=True)
     state = tracker.on_header("a.h5")
     assert state.filename == "a.h5"
     assert tracker.track(0) == Arrival("next", 0)
@@ -296,7 +305,9 @@ def test_tracker_verdicts_name_the_series():
     assert tracker.track(3) == Arrival("repeat", 0)
     assert tracker.track(2) == Arrival("late", 0)
     tracker.on_series_end()
-    assert tracker.track(1) == Arrival("stray", None)
+    assert tracker.track(1) == Arrival("next", -2, headless=True)
+    # the headless series 0 counted only the frame missing after its first
+    assert tracker.counts["missing"] == 1 + 1
 
 
 def test_kept_anomalies_are_bounded_but_counts_are_complete():
@@ -327,10 +338,12 @@ def test_tracker_survives_a_huge_frame_number():
     state = tracker.series[0]
     assert state.missing_count == 10**30 - 2
     assert state.highest_frame == 10**30
-    assert (
-        "warning",
-        f"series 0: frames 1-{2**63 + 4} not received before frame {2**63 + 5}",
-    ) in told(tracker)
+    notices = [text for _, text in told(tracker)]
+    assert notices[0] == (
+        f"series 0: frames 1-{2**63 + 4} not received before frame {2**63 + 5}; a "
+        "gap this large usually means this consumer fell behind and the "
+        "publisher's high-water mark dropped frames"
+    )
     tracker.finish()
     (missing,) = anomalies(tracker, "missing")
     assert len(missing.frames) == MAX_ANOMALY_FRAMES  # examples, not the gap
@@ -414,10 +427,15 @@ def test_garbled_gaps_keep_memory_bounded():
     assert state.missing_count == 299 * 999_999
     assert len(state.seen.intervals) == 300
     assert peak < 2 * 1024 * 1024
+    told_now = told(tracker)
     assert (
         "warning",
-        "series 0: frames 1000001-1999999 not received before frame 2000000",
-    ) in told(tracker)
+        "series 0: frames 1000001-1999999 not received before frame 2000000; a gap "
+        "this large usually means this consumer fell behind and the publisher's "
+        "high-water mark dropped frames",
+    ) in told_now
+    # a regular gap this large is not another consumer of the stream
+    assert tracker.counts["shared_stream"] == 0
 
 
 def test_many_gaps_are_counted_exactly_and_listed_in_short():
@@ -461,9 +479,10 @@ def test_stray_streak_is_summed_up_at_the_next_header(stream):
     assert decoder.tracker.counts["frame_outside_series"] == 3
     assert told(decoder.tracker)[-1] == (
         "warning",
-        "3 frames outside any series were not attributed (frames 5-7)",
+        "3 frames arrived outside any announced series (frames 5-7)",
     )
-    assert decoder.tracker.series[0].frames_received == 1
+    assert decoder.tracker.series[0].frames_received == 3  # headless: 5-7
+    assert decoder.tracker.series[1].frames_received == 1
 
 
 def test_format_intervals_never_lists_frames():
@@ -532,3 +551,40 @@ def test_frame_set_add_range_matches_a_set(ranges: list[tuple[int, int]]) -> Non
     intervals = seen.intervals
     assert all(a < b for a, b in intervals)
     assert all(b1 < a2 for (_, b1), (a2, _) in itertools.pairwise(intervals))
+
+
+def test_every_other_frame_missing_is_told_as_a_shared_push_stream():
+    """Two PULL consumers of one PUSH stream: each gets every other message.
+    The one that got the header sees frames 1, 3, 5, ...; told once, then its
+    gaps are detail."""
+    tracker = SeriesTracker()
+    tracker.on_header(None)
+    for frame in (1, 3, 5, 7, 9):
+        tracker.track(frame)
+    notices = told(tracker)
+    shared = [text for severity, text in notices if "another consumer" in text]
+    assert shared == [
+        "series 0: only every 2nd frame arrives (frame 4 missing before frame 5, "
+        "and the same before the previous ones): another consumer of this PUSH "
+        "stream is taking the others (PULL sockets share a PUSH stream's messages "
+        "round-robin), or the publisher drops them"
+    ]
+    # frame 1 and 3 follow a gap; from frame 5 on the pattern is known
+    assert [severity for severity, text in notices if "not received" in text] == [
+        "warning",
+        "warning",
+        "debug",
+        "debug",
+        "debug",
+    ]
+    assert tracker.counts["shared_stream"] == 1
+
+
+def test_the_other_consumer_sees_a_headless_series_with_the_same_pattern():
+    tracker = SeriesTracker()
+    for frame in (0, 2, 4, 6):  # the header went to the other consumer
+        arrival = tracker.track(frame)
+        assert arrival.headless
+    assert tracker.counts["frame_outside_series"] == 4
+    assert tracker.counts["shared_stream"] == 1
+    assert tracker.series[0].missing_count == 3

@@ -69,7 +69,7 @@ def _later(delay: float, action: Callable[[], Any]) -> threading.Thread:
 DETECTOR_TASKS = (
     "_wait_for_index",
     "RunWatch",
-    "Run._wait_until",
+    "Wakeup.until",
     "wait_with_error_message",
 )
 

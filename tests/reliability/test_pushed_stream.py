@@ -42,8 +42,9 @@ from ophyd_xspress.transport import (
 
 GROUP = "/entry/instrument/xspress3"
 HINT = (
-    "(the series header never arrived: was the detector armed, and the "
-    "subscriber connected before Arm?)"
+    "(the series header never arrived, but 3 frame(s) outside this run's series "
+    "did: frames are being taken by another consumer of this PUSH stream, or the "
+    "header was missed because the subscriber connected after Arm)"
 )
 
 
@@ -189,8 +190,9 @@ def test_new_header_mid_run_fails_at_once_and_keeps_the_first_frames(
 def test_lost_header_in_active_mode_stalls_with_the_hint(
     RE, sim, pushed, docs, fly, tmp_path
 ):
-    """Frames 0-2 with no header before them: never attributed (counted as
-    outside any series); the run stalls, and says the header never came."""
+    """Frames 0-2 with no header before them: never this active run's (counted
+    as outside any series, and stale); the run stalls, and says why the header
+    may not have come."""
     n = 10
     xspress, push = pushed(stall_timeout=1.0)
     encoder = StreamEncoder("multipart")
@@ -219,6 +221,7 @@ def test_lost_header_in_active_mode_stalls_with_the_hint(
     summary = xspress.run_summaries[-1]
     assert summary["frames_received"] == 0, summary
     assert summary["missing"] == list(range(n)), summary
+    assert summary["stale_discarded"] == 3, summary
     with h5py.File(only_h5(tmp_path), "r") as f:
         g = f[GROUP]
         np.testing.assert_array_equal(g["frame_number"][:], [-1] * n)
@@ -438,3 +441,50 @@ def test_damaged_frames_are_reported_and_the_series_goes_on(
             np.testing.assert_array_equal(g["data"][i], sent[i].spectra)
             np.testing.assert_array_equal(g["all_good"][i], sent[i]["all_good"])
         assert not g["data"][4:7].any()
+
+
+# -- channel count of the stream and of the detector differ -----------------------
+def test_channel_mismatch_fails_at_the_first_frame_with_the_true_cause(
+    RE, sim, pushed, docs, fly, tmp_path, caplog
+):
+    """The device says 4 channels; the stream sends 8. The fly scan fails at
+    the first frame, naming both shapes and what to do, in one log line (not
+    a warning per frame and a "missing frames" error)."""
+    from ophyd_xspress.protocol import make_frame
+    from ophyd_xspress.transport import StreamShapeError
+
+    caplog.set_level(logging.WARNING, logger="ophyd_xspress")
+    n = 50
+    xspress, push = pushed(stall_timeout=5.0)
+    encoder = StreamEncoder("multipart")
+
+    def send() -> None:
+        frames = []
+        for frame in frames_of(sim, 1000, range(n)):
+            wide = {k: np.concatenate([v, v]) for k, v in frame.metadata.items()}
+            wide.pop("window_counts", None)
+            spectra = np.concatenate([frame.spectra, frame.spectra])
+            frames.append(make_frame(frame.frame, spectra, wide, exptime=0.01))
+        push.send(encode(encoder, sim.control.header(), *frames, SeriesEndMessage()))
+
+    t0 = time.monotonic()
+    with pytest.raises(Exception) as info:  # noqa: PT011 - checked below
+        RE(
+            fly(
+                xspress,
+                TriggerInfo(number_of_events=n, livetime=0.01),
+                after_kickoff=send,
+            )
+        )
+    error = find_in_chain(info.value, StreamShapeError)
+    path = only_h5(tmp_path)
+    assert str(error) == (
+        f"the stream from {push.endpoint} sends 8 channels x 4096 bins (frame 0), "
+        f"but the file {path} was opened for 4 x 4096: the detector is set up "
+        "for 4 channels: pass channels=8 (passive), or check the device's "
+        "nChannels"
+    )
+    assert time.monotonic() - t0 < 5.0  # at once, not at the stall time-out
+    lines = [m for m in caplog.messages if "sends 8 channels" in m]
+    assert len(lines) == 1, lines
+    assert docs["stop"][0]["exit_status"] == "fail"

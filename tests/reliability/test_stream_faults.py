@@ -6,7 +6,6 @@ earlier series waiting in the socket when a run starts."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -125,46 +124,30 @@ def passive(RE: Any, in_loop: Any, sim: Any, tmp_path: Path) -> Any:
     in_loop(det.unstage, timeout=60)
 
 
-def test_slow_joiner_frames_are_not_attributed(RE, sim, passive, docs):
-    """Staged after the header of a running series: its frames are counted as
-    outside any series, never put in an event; the count stalls with the facts."""
-    series = arm_directly(sim, 200, 0.01)  # 2 s of frames
+def test_slow_joiner_takes_frames_of_the_running_series(RE, sim, passive, docs, caplog):
+    """Staged after the header of a running series (a passive consumer
+    started while the detector already runs): the frames arrive without
+    their header, and the count takes the first one after its trigger, bit
+    for bit; "header missed" is told once; nothing received is called lost."""
+    caplog.set_level(logging.WARNING, logger="ophyd_xspress.transport")
+    series = arm_directly(sim, 300, 0.01)  # 3 s of frames at 100 Hz
     assert wait_until(lambda: sim.control.n_frames_acquired >= 5, 5)
-    t0 = time.monotonic()
-    with pytest.raises(Exception) as info:  # noqa: PT011 - checked below
-        RE(count([passive], 1))
-    elapsed = time.monotonic() - t0
-    stalled = find_in_chain(info.value, StreamStalledError)
-    assert "received 0 of 1 frames" in str(stalled), str(stalled)
-    assert sim.stream_endpoint in str(stalled)
-    # it stalled while the late-joined series was still streaming
-    assert elapsed < 2.0, elapsed
-    assert sim.control.series_index == series
+    RE(count([passive], 3))
+    events = docs["event"]
+    assert len(events) == 3
+    numbers = [e["data"]["passive-frame_number"] for e in events]
+    assert numbers == sorted(set(numbers)), numbers
+    for event, n in zip(events, numbers, strict=True):
+        np.testing.assert_array_equal(
+            event["data"]["passive"], sim.control.expected_frame(series, n).spectra
+        )
     assert passive.receiver.counts["outside_series"] > 0
-    assert docs["event"] == []
+    told = [m for m in caplog.messages if "header of its series was missed" in m]
+    assert len(told) == 1, told
+    for summary in passive.run_summaries[-3:]:
+        assert summary["frames_received"] == 1, summary
+        assert summary["missing_count"] == 0, summary
     sim.control.stop()
-
-
-def test_slow_joiner_waits_for_the_next_series(RE, sim, passive, docs):
-    """...and if the next series starts in time, the count takes its frame 0."""
-    passive.stall_timeout = 5.0
-    first = arm_directly(sim, 60, 0.01)  # 0.6 s of frames
-    assert wait_until(lambda: sim.control.n_frames_acquired >= 5, 5)
-
-    def next_series() -> None:
-        sim.control.wait_idle(5)
-        time.sleep(0.3)
-        arm_directly(sim, 1, 0.01)
-
-    thread = threading.Thread(target=next_series, daemon=True)
-    thread.start()
-    RE(count([passive], 1))
-    thread.join(10)
-    (event,) = docs["event"]
-    assert passive.receiver.counts["outside_series"] > 0
-    np.testing.assert_array_equal(
-        event["data"]["passive"], sim.control.expected_frame(first + 1, 0).spectra
-    )
 
 
 # -- stale frames ----------------------------------------------------------------------

@@ -148,3 +148,17 @@ def test_anomalies_are_logged_at_their_severity(caplog: Any) -> None:
         (logging.WARNING, "tcp://here:1: frame 3 received "),
         (logging.DEBUG, "tcp://here:1: frame 4 received "),
     ]
+
+
+def test_the_socket_queue_is_bounded_in_bytes_through_the_frame_size() -> None:
+    """The high-water mark counts messages; from the frame size it is set so
+    that the queue holds about 256 MiB of frames (the 4 x 4096 default: 4096
+    messages; 64 channels: 256; huge frames: never under 16)."""
+    from ophyd_xspress.transport import DEFAULT_RCVHWM, StreamReceiver, rcvhwm_for
+
+    assert rcvhwm_for(4 * 4096 * 4) == DEFAULT_RCVHWM == 4096
+    assert rcvhwm_for(64 * 4096 * 4) == 256
+    assert rcvhwm_for(64 << 20) == 16
+    rx = StreamReceiver("tcp://127.0.0.1:1", "pull", frame_bytes=64 * 4096 * 4)
+    assert rx.queue_messages == 256
+    assert StreamReceiver("tcp://127.0.0.1:1").queue_messages == DEFAULT_RCVHWM

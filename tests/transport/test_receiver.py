@@ -118,42 +118,38 @@ def _odd_and_good_series(stream: Any) -> tuple[list[Any], list[Any]]:
     return messages, good
 
 
-def test_a_frame_the_sink_refuses_leaves_the_thread_and_the_run_alive(
+def test_a_frame_of_the_wrong_shape_fails_the_run_with_the_true_cause(
     stream: Any, tmp_path: Any, caplog: Any
 ) -> None:
-    """A frame of a shape the HDF5 file was not opened for is refused by the
-    writer (ValueError): it is counted and logged, the receiver thread goes on,
-    and the real frame 1 that follows is stored in its row. (It used to end
-    the receiver thread, and the run then only failed by stalling.)"""
-    import h5py
+    """A frame of another bin count than the file was opened for is a setting,
+    not a glitch: the run fails at the first one, saying what the stream sends,
+    what the file holds, and what to pass; one log line; the thread goes on."""
     import numpy as np
 
-    from ophyd_xspress.hdf5 import GROUP, Hdf5FrameWriter
+    from ophyd_xspress.hdf5 import Hdf5FrameWriter
+    from ophyd_xspress.transport import StreamShapeError
 
     caplog.set_level(logging.WARNING, logger="ophyd_xspress.transport")
     for active in (True, False):
         path = tmp_path / f"odd-{active}.h5"
         writer = Hdf5FrameWriter(path, 2, 4096, np.zeros((2, 0, 2), int), expected=3)
         writer.open()
-        run = stream.rx.begin(3, writer, active=active)
-        messages, good = _odd_and_good_series(stream)
+        run = stream.rx.begin(3, writer, active=active, durable=writer.durable)
+        messages, _ = _odd_and_good_series(stream)
         stream.push.send(messages)
         assert run.wait_blocking(TIMEOUT)
         assert stream.rx.running
-        assert run.error is None
-        summary = run.summary()
-        assert summary["refused"] == [1]
-        assert summary["missing"] == []
-        assert summary["repeated"] == []
+        assert isinstance(run.error, StreamShapeError)
+        assert str(run.error) == (
+            f"the stream from {stream.rx.endpoint} sends 2 channels x 1024 bins "
+            f"(frame 1), but the file {path} was opened for 2 x 4096: the "
+            "detector is set up for 4096 bins: pass bins=1024"
+        )
+        assert run.summary()["refused"] == [1]
         stream.rx.end(run)
         writer.close()
-        with h5py.File(path, "r") as f:
-            for n in range(3):
-                np.testing.assert_array_equal(f[GROUP]["data"][n], good[n].spectra)
-    assert (
-        caplog.text.count("frame 1 not stored: frame 1 has shape (2, 1024), the file")
-        == 2
-    )
+    refused = [m for m in caplog.messages if "sends 2 channels x 1024 bins" in m]
+    assert len(refused) == 2  # one line per run
 
 
 def test_a_failing_sink_fails_the_run_not_the_thread(stream: Any) -> None:
@@ -177,3 +173,36 @@ def test_a_failing_sink_fails_the_run_not_the_thread(stream: Any) -> None:
     assert run2.wait_blocking(TIMEOUT)
     assert run2.error is None
     assert sorted(sink.rows) == [0, 1, 2]
+
+
+def test_a_run_that_begins_mid_batch_gets_its_own_header(stream: Any) -> None:
+    """Run 1 ends (and run 2 begins, and the detector is armed again) while
+    the receiver thread is still working through a batch of messages: the
+    messages after that moment go to run 2, its header first. (They used to
+    go to the run current when the batch began, and run 2 stalled with "the
+    series header never arrived".)"""
+    import time
+
+    header = stream.encoder.encode(stream.sim.header())
+    runs: dict[int, Any] = {}
+
+    class EndsTheRunMidBatch:
+        def put(self, row: int, frame: Any) -> None:
+            if row == 1:  # run 1's last frame: as the asyncio thread would
+                stream.rx.end(runs[1])
+                runs[2] = stream.rx.begin(1, active=True)
+                stream.push.send(header + stream.encoder.encode(stream.frame(9, 0)))
+                time.sleep(0.05)  # let them queue behind this batch
+
+        def flush(self) -> None:
+            return None
+
+    runs[1] = stream.rx.begin(2, EndsTheRunMidBatch(), active=True)
+    stream.send_series([0, 1])
+    assert runs[1].wait_blocking(TIMEOUT)
+    assert runs[1].error is None
+    assert runs[2].wait_blocking(TIMEOUT)
+    assert runs[2].error is None
+    assert runs[2].header is not None
+    assert runs[2].received == 1
+    stream.rx.end(runs[2])

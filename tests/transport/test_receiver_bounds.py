@@ -273,5 +273,6 @@ def test_frame_2_31_minus_1_after_frame_0_is_one_gap(stream: Any, caplog: Any) -
     assert len(summary["missing"]) == 1000  # examples, not the whole gap
     assert (
         f"{stream.rx.endpoint}: series 0: frames 1-{last - 1} not received "
-        f"before frame {last}"
+        f"before frame {last}; a gap this large usually means this consumer fell "
+        "behind and the publisher's high-water mark dropped frames"
     ) in caplog.messages

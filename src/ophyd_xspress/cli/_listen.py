@@ -8,7 +8,15 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["PULL_WARNING", "add_arguments", "run"]
+
+#: Printed when ``listen`` uses a PULL socket: it competes for the messages.
+PULL_WARNING = (
+    "warning: a PULL socket takes its share of a PUSH stream's messages "
+    "(round-robin): every frame it receives is taken away from the other "
+    "consumers (a detector in passive mode, a writer). Use --socket pull only "
+    "when nothing else consumes this stream."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         if args.verbose
         else None
     )
+    if args.socket == "pull":
+        print(PULL_WARNING, file=sys.stderr)
     monitor = StreamMonitor(
         args.endpoint, socket=args.socket, on_anomalies=on_anomalies
     )

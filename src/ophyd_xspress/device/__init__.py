@@ -8,7 +8,7 @@ run, progress), ``_settings`` (data geometry, acquisition settings),
 """
 
 from ..protocol import Calibration
-from ._acquire_logic import AcquisitionInProgressError
+from ._acquire_logic import AcquisitionInProgressError, TriggerTimeoutError
 from ._control import DetectorFaultError, DeviceStuckError
 from ._detector import XspressDetector, default_path_provider
 from ._rois import Roi
@@ -19,6 +19,7 @@ __all__ = [
     "DetectorFaultError",
     "DeviceStuckError",
     "Roi",
+    "TriggerTimeoutError",
     "XspressDetector",
     "default_path_provider",
 ]

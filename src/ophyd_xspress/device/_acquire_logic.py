@@ -26,11 +26,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Final
 
 from ophyd_async.core import DEFAULT_TIMEOUT, DetectorAcquireLogic, DetectorTrigger
 
-from ..transport import Run
+from ..transport import Run, StreamStalledError
 from ._control import XspressControl
 from ._session import StreamSession
 from ._settings import AcquisitionSettings
@@ -47,6 +48,7 @@ __all__ = [
     "HEARTBEAT",
     "AcquisitionInProgressError",
     "RunWatch",
+    "TriggerTimeoutError",
     "XspressAcquireLogic",
 ]
 
@@ -63,26 +65,40 @@ STORE_GRACE: Final = 30.0
 RECONNECT_TIMEOUT: Final = DEFAULT_TIMEOUT
 
 
+class TriggerTimeoutError(TimeoutError):
+    """The device waited longer than ``trigger_timeout`` for an external trigger."""
+
+
 class AcquisitionInProgressError(RuntimeError):
     """``stage()`` while an acquisition of the same detector is running."""
 
 
 class RunWatch:
-    """Waits for one run's frames and watches the device while it acquires."""
+    """Waits for one run's frames and watches the device while it acquires.
+
+    A silent stream is a stall, except with external triggers while the
+    device is RUNNING and has acquired no more frames than arrived: then it is
+    waiting for triggers, and only ``trigger_timeout`` (or the plan) limits
+    the wait.
+    """
 
     def __init__(
         self,
         run: Run,
         session: StreamSession,
         control: XspressControl | None,
-        stall_timeout: float,
+        settings: AcquisitionSettings,
         name: str,
     ) -> None:
         self.run = run
         self.session = session
         self.control = control
-        self.stall_timeout = stall_timeout
+        self.stall_timeout = settings.stall_timeout_for_run()
+        self.external = settings.trigger is not DetectorTrigger.INTERNAL
+        self.trigger_timeout = settings.trigger_timeout
         self.name = name
+        #: While waiting for triggers: what the device said (for messages).
+        self.waiting: str | None = None
         #: Set when the watch ends (its polls stop).
         self.ended = asyncio.Event()
         self.task: asyncio.Task[None] = asyncio.ensure_future(self._watch())
@@ -98,15 +114,17 @@ class RunWatch:
             # unstaged mid-acquisition (an aborted or stopped plan): end the
             # wait quietly; failing it would turn the abort into a failure
             log.info(
-                "%s: complete() ended: the detector was unstaged after %d of %s frames",
+                "%s: complete() ended: the detector was unstaged after %d of %s "
+                "frames%s",
                 self.name,
                 run.received,
                 run.expected if run.expected is not None else "?",
+                f" ({self.waiting})" if self.waiting else "",
             )
             self.session.release(run)
 
     async def _until_done(self) -> None:
-        waits = [asyncio.ensure_future(self.run.wait(self.stall_timeout))]
+        waits = [asyncio.ensure_future(self._frames())]
         if self.control is not None:
             waits.append(asyncio.ensure_future(self._fault_poll(self.control)))
         beat = asyncio.ensure_future(self._heartbeat())
@@ -121,6 +139,45 @@ class RunWatch:
             for task in (*waits, beat):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+    async def _frames(self) -> None:
+        since = 0.0
+        while True:
+            try:
+                await self.run.wait(self.stall_timeout, since)
+                return
+            except StreamStalledError as stall:
+                if not self.external or self.control is None:
+                    raise
+                await self._still_waiting_for_triggers(self.control, stall)
+                since = time.monotonic()
+
+    async def _still_waiting_for_triggers(
+        self, control: XspressControl, stall: StreamStalledError
+    ) -> None:
+        """No frame for the stall time-out with external triggers: return if the
+        device is only waiting for triggers; raise what it really is."""
+        run = self.run
+        with device_errors(self.name, control, run):
+            state, acquired = await asyncio.gather(
+                control.state_name(), control.n_frames_acquired.get_value()
+            )
+        expected = run.expected if run.expected is not None else "?"
+        if state != "RUNNING" or acquired > run.received:
+            raise StreamStalledError(
+                f"{stall}; the device {control.trl} is {state} and acquired "
+                f"{acquired} of {expected} frames"
+            ) from None
+        waited = time.monotonic() - run.last_frame_time
+        first = self.waiting is None
+        self.waiting = (
+            f"no trigger for {waited:.1f} s (device RUNNING, {acquired} of "
+            f"{expected} frames acquired)"
+        )
+        if self.trigger_timeout is not None and waited >= self.trigger_timeout:
+            raise TriggerTimeoutError(f"{self.name}: {self.waiting}")
+        if first:
+            log.info("%s: waiting for triggers: %s", self.name, self.waiting)
 
     async def _fault_poll(self, control: XspressControl) -> None:
         # Ends on the flag, not only on cancel(): on Python 3.11 the
@@ -239,13 +296,7 @@ class XspressAcquireLogic(DetectorAcquireLogic):
             if self.settings.trigger is DetectorTrigger.INTERNAL:
                 with device_errors(self.name, c, run, "SoftwareTrigger"):
                     await c.software_trigger.trigger()
-        self.watch = RunWatch(
-            run,
-            self.session,
-            c,
-            self.settings.stall_timeout_for_run(),
-            self.name,
-        )
+        self.watch = RunWatch(run, self.session, c, self.settings, self.name)
 
     async def _refuse_if_busy(self, control: XspressControl, run: Run) -> None:
         """Before Arm: a device in FAULT, or RUNNING an acquisition this

@@ -14,7 +14,7 @@ import contextlib
 import math
 import numbers
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Final
 
 from .._schema import QUANTITIES, SUMMARY_KEYS
@@ -26,6 +26,7 @@ __all__ = [
     "check_calibration",
     "check_channels",
     "check_count",
+    "check_data_mode",
     "check_roi_names",
     "check_seconds",
     "naming",
@@ -104,24 +105,43 @@ def check_bins(value: object) -> int:
     return check_count("bins", value, MAX_BINS)
 
 
-def check_calibration(value: object) -> Calibration:
-    """``calibration=(eV per bin, offset eV)`` as a :class:`Calibration`."""
+def check_calibration(value: object) -> Calibration | tuple[Calibration, ...]:
+    """``calibration=(eV per bin, offset eV)`` as a :class:`Calibration`, or
+    one such pair per channel as a tuple of them."""
+    if isinstance(value, Calibration):
+        return value
+    if (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) > 0
+        and all(
+            isinstance(v, Calibration | Sequence) and not isinstance(v, str)
+            for v in value
+        )
+    ):
+        return tuple(
+            _one_calibration(v, f"calibration[{c}]") for c, v in enumerate(value)
+        )
+    return _one_calibration(value, "calibration")
+
+
+def _one_calibration(value: object, argument: str) -> Calibration:
     if isinstance(value, Calibration):
         return value
     try:
         gain, offset = value  # type: ignore[misc]
     except (TypeError, ValueError):
         raise TypeError(
-            f"calibration must be (eV per bin, offset eV), got {value!r}"
+            f"{argument} must be (eV per bin, offset eV), got {value!r}"
         ) from None
     if not (_is_real(gain) and _is_real(offset)):
         raise TypeError(
-            f"calibration must be (eV per bin, offset eV) numbers, got {value!r}"
+            f"{argument} must be (eV per bin, offset eV) numbers, got {value!r}"
         )
     try:
         return Calibration(float(gain), float(offset))
     except ValueError as exc:
-        raise ValueError(f"calibration={value!r}: {exc}") from exc
+        raise ValueError(f"{argument}={value!r}: {exc}") from exc
 
 
 def check_roi_names(rois: object, bin_rois: object) -> None:
@@ -164,3 +184,9 @@ def naming(argument: str) -> Iterator[None]:
         raise TypeError(f"{argument}: {exc}") from exc
     except ValueError as exc:
         raise ValueError(f"{argument}: {exc}") from exc
+
+
+def check_data_mode(data: object) -> None:
+    """``data`` is one of the three modes."""
+    if data not in ("auto", "inline", "hdf5"):
+        raise ValueError(f"data must be 'auto', 'inline' or 'hdf5', not {data!r}")

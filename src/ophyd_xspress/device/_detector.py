@@ -9,8 +9,8 @@ readings, HDF5 files). The shared state is three small objects: the
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -18,36 +18,37 @@ from bluesky.utils import NoReplayAllowed
 from ophyd_async.core import (
     DEFAULT_TIMEOUT,
     AsyncStatus,
+    DetectorDataLogic,
     DeviceMock,
     PathProvider,
     StandardDetector,
     StaticPathProvider,
     UUIDFilenameProvider,
     WatchableAsyncStatus,
-    soft_signal_r_and_setter,
 )
 from ophyd_async.tango.core import get_full_attr_trl, tango_signal_r
 
 from .._constants import DEFAULT_BINS
-from ..protocol import Calibration
+from ..hdf5 import Compression, check_storage
 from ..transport import Run, StreamReceiver
 from ._acquire_logic import XspressAcquireLogic
 from ._arguments import (
     check_bins,
     check_calibration,
     check_channels,
-    check_roi_names,
+    check_data_mode,
     check_seconds,
-    naming,
 )
+from ._configuration import DetectorConfiguration
 from ._control import XspressControl, bind_tango_to_running_loop
 from ._data_logic import XspressHdf5DataLogic, XspressInlineDataLogic
-from ._rois import Roi, RoiSpec, make_rois
+from ._rois import RoiSpec
 from ._session import StreamSession
 from ._settings import AcquisitionSettings, DataConfig, DataMode
 from ._tango_errors import device_errors
 from ._tango_signals import forget_proxies
 from ._trigger_logic import XspressTriggerLogic
+from ._windows import HardwareWindows
 
 __all__ = ["XspressDetector", "default_path_provider"]
 
@@ -65,6 +66,27 @@ def default_path_provider(directory: str | Path | None = None) -> PathProvider:
     return StaticPathProvider(UUIDFilenameProvider(), path)
 
 
+def storage_logics(
+    data: DataMode,
+    path: str | Path | PathProvider | None,
+    session: StreamSession,
+    settings: AcquisitionSettings,
+    config: DataConfig,
+) -> list[DetectorDataLogic]:
+    """Inline readings (step scans) and/or HDF5 files, as ``data`` says."""
+    logics: list[DetectorDataLogic] = []
+    if data in ("auto", "inline"):
+        logics.append(XspressInlineDataLogic(session, config))
+    if data != "inline":
+        provider = (
+            path
+            if path is not None and not isinstance(path, str | Path)
+            else default_path_provider(path)
+        )
+        logics.append(XspressHdf5DataLogic(session, settings, config, provider))
+    return logics
+
+
 class XspressDetector(StandardDetector):
     """An Xspress3 / Xspress3-Mini in Bluesky.
 
@@ -79,8 +101,25 @@ class XspressDetector(StandardDetector):
     ``"inline"`` never writes files (fly scans then need ``"auto"``/``"hdf5"``).
 
     ROIs: ``rois`` maps a name to an energy window in eV (``(low, high)``, or one
-    per channel), converted to bins with ``calibration=(eV per bin, offset eV)``;
-    ``bin_rois`` takes bin windows (inclusive) instead.
+    per channel), converted to bins with ``calibration=(eV per bin, offset eV)``
+    (one pair for all channels, or one per channel: each channel's ROIs through
+    its own); ``bin_rois`` takes bin windows (inclusive) instead.
+
+    The HDF5 file: ``compression`` of the spectra, ``None`` (default: the
+    fastest, see docs/benchmarks.md), ``"bslz4"``, ``"blosc"`` or ``"gzip"``
+    (readable by h5py once ``hdf5plugin`` is imported; tiled does);
+    ``chunk_frames``: frames per chunk of the spectra (default: about 1 MiB);
+    ``summed_spectrum=True`` adds the dead-time corrected sum over channels to
+    the file and to step-scan events.
+
+    The two hardware windows per channel: ``hardware_windows`` (eV) or
+    ``hardware_bin_windows`` (bins), like ``rois``; set at every prepare.
+    ``device_writes_hdf5=True`` leaves the device's ``WriteHdf5`` on (its own
+    extra file at every Arm); by default prepare switches it off.
+
+    Hints (what BestEffortCallback plots in step scans): each ROI's corrected
+    sum over channels and the largest dead time; ``per_channel_hints=True``
+    adds every channel's. Fly scans hint nothing (their frames are in files).
     """
 
     def __init__(
@@ -94,14 +133,20 @@ class XspressDetector(StandardDetector):
         bins: int = DEFAULT_BINS,
         rois: RoiSpec | None = None,
         bin_rois: RoiSpec | None = None,
-        calibration: tuple[float, float] = (10.0, 0.0),
+        calibration: tuple[float, float] | Sequence[tuple[float, float]] = (10.0, 0.0),
         data: DataMode = "auto",
         path: str | Path | PathProvider | None = None,
         stall_timeout: float = 5.0,
         connect_timeout: float = 5.0,
+        hardware_windows: RoiSpec | None = None,
+        hardware_bin_windows: RoiSpec | None = None,
+        device_writes_hdf5: bool = False,
+        per_channel_hints: bool = False,
+        compression: Compression | None = None,
+        chunk_frames: int | None = None,
+        summed_spectrum: bool = False,
     ) -> None:
-        if data not in ("auto", "inline", "hdf5"):
-            raise ValueError(f"data must be 'auto', 'inline' or 'hdf5', not {data!r}")
+        check_data_mode(data)
         stall_timeout = check_seconds("stall_timeout", stall_timeout)
         connect_timeout = check_seconds("connect_timeout", connect_timeout)
         if channels is not None:
@@ -113,10 +158,10 @@ class XspressDetector(StandardDetector):
         #: in progress (see :meth:`pause`)
         self._busy_status: AsyncStatus | WatchableAsyncStatus[int] | None = None
         self._paused_run: Run | None = None
-        self._roi_spec = (rois, bin_rois)
         self.control = XspressControl(tango) if tango else None
         n_channels = channels or 4
         cal = check_calibration(calibration)
+        check_storage(n_channels, bins, compression, chunk_frames)
         self._config = DataConfig(
             name=name,
             stream=stream,
@@ -124,64 +169,38 @@ class XspressDetector(StandardDetector):
             bins=bins,
             calibration=cal,
             data_mode=data,
+            compression=compression,
+            chunk_frames=chunk_frames,
+            summed_spectrum=bool(summed_spectrum),
+            per_channel_hints=bool(per_channel_hints),
         )
-        self._config.rois = self._make_rois()
         self._settings = AcquisitionSettings(stall_timeout=stall_timeout)
         self._session = StreamSession(
-            stream, socket, active=tango is not None, connect_timeout=connect_timeout
+            stream,
+            socket,
+            active=tango is not None,
+            connect_timeout=connect_timeout,
+            frame_bytes=self._config.frame_bytes,
         )
         self._acquire = XspressAcquireLogic(
             self.control, self._session, self._settings, name
         )
-        logics: list[object] = [
-            XspressTriggerLogic(self.control, self._settings, self._config),
-            self._acquire,
-        ]
-        if data in ("auto", "inline"):
-            logics.append(XspressInlineDataLogic(self._session, self._config))
-        if data != "inline":
-            provider = (
-                path
-                if path is not None and not isinstance(path, str | Path)
-                else default_path_provider(path)
-            )
-            logics.append(
-                XspressHdf5DataLogic(
-                    self._session, self._settings, self._config, provider
-                )
-            )
-        self.add_detector_logics(*logics)  # type: ignore[arg-type]
-        self._add_configuration_signals(stream, n_channels, cal)
+        hw = HardwareWindows(hardware_windows, hardware_bin_windows, self._config)
+        self._configuration = DetectorConfiguration(
+            self._config, rois, bin_rois, hw, self._session
+        )
+        self._trigger = XspressTriggerLogic(
+            self.control, self._settings, self._config, hw, device_writes_hdf5
+        )
+        data_logics = storage_logics(
+            data, path, self._session, self._settings, self._config
+        )
+        logics = [self._trigger, self._acquire, *data_logics]
+        self.add_detector_logics(*logics)
+        for attribute, signal in self._configuration.signals().items():
+            setattr(self, attribute, signal)  # children: their keys follow
+        self.add_config_signals(*self._configuration.signals().values())
         super().__init__(name=name)
-
-    def _add_configuration_signals(
-        self, stream: str, channels: int, cal: Calibration
-    ) -> None:
-        """What read_configuration() reports, besides the device's settings."""
-        self.stream_endpoint, _ = soft_signal_r_and_setter(str, stream)
-        self.n_channels_config, self._set_channels = soft_signal_r_and_setter(
-            int, channels
-        )
-        self.calibration_ev_per_bin, _ = soft_signal_r_and_setter(
-            float, cal.ev_per_bin, units="eV"
-        )
-        self.calibration_offset_ev, _ = soft_signal_r_and_setter(
-            float, cal.offset_ev, units="eV"
-        )
-        self.roi_definitions, self._set_roi_text = soft_signal_r_and_setter(
-            str, self._roi_text()
-        )
-        self.hardware_windows, self._set_hw_windows = soft_signal_r_and_setter(str, "")
-        self.header_filename = self._session.header_filename
-        self.add_config_signals(
-            self.stream_endpoint,
-            self.n_channels_config,
-            self.calibration_ev_per_bin,
-            self.calibration_offset_ev,
-            self.roi_definitions,
-            self.hardware_windows,
-            self.header_filename,
-        )
 
     def set_name(self, name: str, *, child_name_separator: str | None = None) -> None:
         super().set_name(name, child_name_separator=child_name_separator)
@@ -189,40 +208,24 @@ class XspressDetector(StandardDetector):
         self._acquire.name = name
 
     # -- ROIs ------------------------------------------------------------------------
-    def _make_rois(self) -> list[Roi]:
-        cfg = self._config
-        rois, bin_rois = self._roi_spec
-        check_roi_names(rois, bin_rois)
-        sizes = {"channels": cfg.channels, "bins": cfg.bins}
-        with naming("rois"):
-            out = make_rois(rois, unit="eV", calibration=cfg.calibration, **sizes)
-        with naming("bin_rois"):
-            out += make_rois(bin_rois, unit="bin", calibration=cfg.calibration, **sizes)
-        if not out:
-            total = {"total": (0, cfg.bins - 1)}
-            out = make_rois(total, unit="bin", calibration=cfg.calibration, **sizes)
-        return out
-
-    def _roi_text(self) -> str:
-        cal = self._config.calibration
-        return "; ".join(r.describe(cal) for r in self._config.rois)
-
     def set_rois(
         self, rois: RoiSpec | None = None, bin_rois: RoiSpec | None = None
     ) -> None:
-        """Replace the software ROIs (takes effect at the next prepare)."""
-        previous, self._roi_spec = self._roi_spec, (rois, bin_rois)
-        try:
-            self._config.rois = self._make_rois()
-        except Exception:
-            self._roi_spec = previous  # refused: the ROIs stay as they were
-            raise
-        self._set_roi_text(self._roi_text())
+        """Replace the software ROIs (takes effect at the next prepare; refused
+        ones leave the ROIs as they were)."""
+        self._configuration.set_rois(rois, bin_rois)
 
     @property
     def rois(self) -> dict[str, tuple[tuple[int, int], ...]]:
         """Current software ROIs as inclusive bin windows per channel."""
         return {r.name: r.windows for r in self._config.rois}
+
+    def set_hardware_windows(
+        self, windows: RoiSpec | None = None, bin_windows: RoiSpec | None = None
+    ) -> None:
+        """Replace the hardware windows (written at the next prepare); with
+        neither, the detector leaves the device's windows alone again."""
+        self._configuration.set_hardware_windows(windows, bin_windows)
 
     # -- diagnostics -----------------------------------------------------------------
     @property
@@ -253,6 +256,20 @@ class XspressDetector(StandardDetector):
     @stall_timeout.setter
     def stall_timeout(self, value: float) -> None:
         self._settings.stall_timeout = check_seconds("stall_timeout", value)
+
+    @property
+    def trigger_timeout(self) -> float | None:
+        """With external triggers: how long to wait for a trigger while the
+        device is RUNNING before failing with ``TriggerTimeoutError`` (None,
+        the default: as long as the plan waits). Waiting for triggers is never
+        a stall."""
+        return self._settings.trigger_timeout
+
+    @trigger_timeout.setter
+    def trigger_timeout(self, value: float | None) -> None:
+        self._settings.trigger_timeout = (
+            None if value is None else check_seconds("trigger_timeout", value)
+        )
 
     # -- connection --------------------------------------------------------------------
     async def connect(
@@ -285,13 +302,13 @@ class XspressDetector(StandardDetector):
                 f"{trl} has nChannels={n}"
             )
         control.add_channels(n)
-        self.add_config_signals(*(ch.event_width for ch in control.channels.values()))
+        self.add_config_signals(
+            *(ch.event_width for ch in control.channels.values()),
+            *(w for ch in control.channels.values() for w in ch.windows),
+        )
         self.set_name(self.name)
         if n != self._config.channels:
-            self._config.channels = n
-            self._config.rois = self._make_rois()
-            self._set_channels(n)
-            self._set_roi_text(self._roi_text())
+            self._configuration.channels_changed(n)
 
     # -- staging ---------------------------------------------------------------------
     @AsyncStatus.wrap
@@ -358,7 +375,5 @@ class XspressDetector(StandardDetector):
             log.error("%s: the acquisition failed during the pause: %s", self.name, exc)
 
     async def read_configuration(self):  # type: ignore[no-untyped-def]
-        header = self._session.diagnostics.last_header
-        if header.get("limits") is not None:
-            self._set_hw_windows(json.dumps(header["limits"]))
+        self._configuration.note_header(self._session.diagnostics.last_header)
         return await super().read_configuration()

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..protocol import Calibration
+from ..protocol import per_channel as calibrations_per_channel
 
 __all__ = ["Roi", "RoiSpec", "make_rois", "windows_array"]
 
@@ -28,16 +29,21 @@ class Roi:
     unit: Literal["eV", "bin"]
     requested: tuple[float, float] | tuple[tuple[float, float], ...]
 
-    def describe(self, calibration: Calibration) -> str:
+    def describe(self, calibration: Calibration | Sequence[Calibration]) -> str:
+        """``"Fe: bins 625-655 (6250-6560 eV)"``; bins per channel when they
+        differ, with the energies asked for."""
+        cals = calibrations_per_channel(calibration, len(self.windows))
         lo, hi = self.windows[0]
-        same = all(w == self.windows[0] for w in self.windows)
-        bins = f"bins {lo}-{hi}" if same else f"bins {list(self.windows)}"
-        e_lo, e_hi = calibration.low_edge(lo), calibration.low_edge(hi + 1)
-        return (
-            f"{self.name}: {bins} ({e_lo:.0f}-{e_hi:.0f} eV)"
-            if same
-            else (f"{self.name}: {bins}")
-        )
+        if all(w == self.windows[0] for w in self.windows) and all(
+            c == cals[0] for c in cals
+        ):
+            e_lo, e_hi = cals[0].low_edge(lo), cals[0].low_edge(hi + 1)
+            return f"{self.name}: bins {lo}-{hi} ({e_lo:.0f}-{e_hi:.0f} eV)"
+        asked = ""
+        if self.unit == "eV" and _is_pair(self.requested):
+            e_lo, e_hi = cast(tuple[float, float], self.requested)
+            asked = f" ({e_lo:.0f}-{e_hi:.0f} eV)"
+        return f"{self.name}: bins {list(self.windows)}{asked}"
 
 
 #: ``{"Fe": (6250.0, 6550.0)}`` (one window for all channels) or
@@ -88,9 +94,11 @@ def make_rois(
     unit: Literal["eV", "bin"],
     channels: int,
     bins: int,
-    calibration: Calibration,
+    calibration: Calibration | Sequence[Calibration],
 ) -> list[Roi]:
-    """Validate ROI definitions and convert them to per-channel bin windows."""
+    """Validate ROI definitions and convert them to per-channel bin windows,
+    energies through each channel's own calibration."""
+    cals = calibrations_per_channel(calibration, channels)
     rois: list[Roi] = []
     for name, value in (spec or {}).items():
         if not _NAME.match(name):
@@ -102,10 +110,7 @@ def make_rois(
         windows: list[tuple[int, int]] = []
         for c, (lo, hi) in enumerate(per_channel):
             if unit == "eV":
-                b_lo, b_hi = (
-                    calibration.bin_of(float(lo)),
-                    calibration.bin_of(float(hi)),
-                )
+                b_lo, b_hi = cals[c].bin_of(float(lo)), cals[c].bin_of(float(hi))
             else:
                 if int(lo) != lo or int(hi) != hi:
                     raise ValueError(f"ROI {name}: bin windows must be integers")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -78,8 +79,12 @@ class StreamSession:
         *,
         active: bool,
         connect_timeout: float,
+        frame_bytes: Callable[[], int] | None = None,
     ) -> None:
         self.stream = stream
+        #: The size of one frame's spectra (bounds the socket's queue), asked
+        #: at each start: the channel count is known only once connected.
+        self._frame_bytes = frame_bytes
         self.active = active
         self.connect_timeout = connect_timeout
         self.receiver = StreamReceiver(stream, socket)
@@ -94,6 +99,8 @@ class StreamSession:
         self.frames_done, self._set_frames_done = soft_signal_r_and_setter(int, 0)
         self._done_value = 0
         self._released = False
+        #: ``base`` when the current (or last) run began: its row 0.
+        self._run_base = 0
         self.frames_stored: SignalR[int]
         self.frames_stored, self._set_frames_stored = soft_signal_r_and_setter(int, 0)
         self.header_filename, self._set_header_filename = soft_signal_r_and_setter(
@@ -102,6 +109,9 @@ class StreamSession:
 
     # -- receiver ----------------------------------------------------------------
     async def start(self) -> None:
+        """Start the receiver: connect (and subscribe) now."""
+        if self._frame_bytes is not None:
+            self.receiver.frame_bytes = self._frame_bytes()
         if not self.receiver.running:
             timeout = self.connect_timeout if self.active else None
             await asyncio.to_thread(self.receiver.start, timeout)
@@ -113,7 +123,7 @@ class StreamSession:
 
     def reset(self) -> None:
         """At stage: a new scan counts its frames from 0."""
-        self.base = 0
+        self.base = self._run_base = 0
         self._publish(0)
         self.diagnostics.anomalies.clear()
 
@@ -137,6 +147,7 @@ class StreamSession:
         if sink is self.latest:
             self.latest.clear()
         base = self.base
+        self._run_base = base
 
         def progress(stored: int) -> None:
             loop.call_soon_threadsafe(self._progress, base + stored)
@@ -160,9 +171,13 @@ class StreamSession:
         self.diagnostics.record(run)
         if run.header is not None and run.header.filename:
             self._set_header_filename(run.header.filename)
-        self.base += run.contiguous
+        # the next run starts after every row this one received; the stream
+        # documents only ever cover what is durably stored
+        stored = self._run_base + run.stored
+        self.base = self._run_base + run.contiguous
         self._released = False
-        self._publish(self.base)
+        self._set_frames_stored(stored)
+        self._set_done(self.base)
 
     # -- progress ----------------------------------------------------------------
     def _publish(self, stored: int) -> None:
@@ -190,4 +205,4 @@ class StreamSession:
         keeps the true count (the stream documents use it)."""
         expected = run.expected if run.expected is not None else 0
         self._released = True
-        self._set_done(self.base + max(expected, run.stored))
+        self._set_done(self._run_base + max(expected, run.stored))

@@ -5,7 +5,7 @@ Imports no zmq, asyncio or ophyd: bytes in, typed packets out (and back).
 
 from ._decoder import Packet, StreamDecoder
 from ._encoder import Message, StreamEncoder, make_frame
-from ._energy import Calibration
+from ._energy import Calibration, per_channel
 from ._errors import (
     BufferLengthError,
     InvalidJSONError,
@@ -149,6 +149,7 @@ __all__ = [
     "format_ranges",
     "make_frame",
     "parse_json_part",
+    "per_channel",
     "roi_sums",
     "stream_ocr_as_rate",
     "validate_image",

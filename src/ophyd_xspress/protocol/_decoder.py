@@ -394,12 +394,8 @@ class StreamDecoder:
         self.framing = framing
         arrival = self.tracker.track(info.frame)
         frame = Frame(info, spectra, metadata, framing, arrival)
-        if arrival.series is None:
-            where = (
-                "before any header"
-                if self.tracker.current is None
-                else "after series_end"
-            )
-            return StrayFrame(frame, where)
+        current = self.tracker.current
+        if arrival.headless and current is not None:
+            return StrayFrame(frame, current.where)
         self.frames_decoded += 1
         return frame

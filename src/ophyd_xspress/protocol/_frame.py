@@ -110,10 +110,13 @@ class Frame:
 
 @dataclass(frozen=True, slots=True)
 class StrayFrame:
-    """A frame that arrived outside any series: before the first header (a
-    consumer that joined a running stream, or another consumer took the
-    header), or after ``series_end``. Its data are intact but no series (and so
-    no run) can place it; ``where`` says which case it was."""
+    """A frame that arrived outside any announced series: before the first
+    header (a consumer that joined a running stream, or another consumer of a
+    PUSH stream took the header), or after ``series_end``. Its data are intact;
+    the tracker puts it and the frames after it, up to the next header, in a
+    *headless* series of their own (``frame.arrival.headless``), which a
+    passive run can take and an active run never does. ``where`` says which
+    case it was."""
 
     frame: Frame
     where: str

@@ -17,6 +17,7 @@ __all__ = [
     "examples",
     "format_intervals",
     "format_ranges",
+    "ordinal",
     "plural",
     "span",
 ]
@@ -24,6 +25,14 @@ __all__ = [
 
 def plural(n: int) -> str:
     return f"{n} frame" if n == 1 else f"{n} frames"
+
+
+def ordinal(n: int) -> str:
+    """``2`` -> ``"2nd"``, ``11`` -> ``"11th"``, ``23`` -> ``"23rd"``."""
+    suffix = (
+        "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    )
+    return f"{n}{suffix}"
 
 
 def span(start: int, stop: int) -> str:

@@ -254,10 +254,10 @@ class ActiveRows(RunRows):
 
     def place(self, frame: int, arrival: Arrival | None) -> Placement:
         if self.series is None or (
-            arrival is not None
-            and arrival.series is not None
-            and arrival.series < self.series
+            arrival is not None and (arrival.headless or arrival.series < self.series)
         ):
+            # before this run's header, from an older series, or from a
+            # series whose header was missed: never this run's own
             return self._drop("stale", frame)
         if self.failure is not None or (
             arrival is not None and arrival.series != self.series
@@ -276,14 +276,17 @@ class ActiveRows(RunRows):
 
 
 class PassiveSeries:
-    """The frames of the current series that passive runs have taken (shared
-    by the consecutive runs of one receiver)."""
+    """What passive runs made of the current series (shared by the
+    consecutive runs of one receiver): the frames they took, and the frames
+    the receiver had but set aside (older than a run's trigger, or dropped by
+    its full backlog), which are then never called missing."""
 
-    __slots__ = ("highest", "series", "taken")
+    __slots__ = ("discarded", "highest", "series", "taken")
 
     def __init__(self) -> None:
         self.series: int | None = None
         self.taken = FrameSet()
+        self.discarded = FrameSet()
         self.highest = -1
 
     def take(self, frame: int) -> None:
@@ -291,9 +294,16 @@ class PassiveSeries:
         if frame > self.highest:
             self.highest = frame
 
+    def discard(self, frame: int, series: int | None) -> None:
+        """Frame ``frame`` of ``series`` arrived but no run will take it."""
+        if series != self.series:
+            self.restart(series)
+        self.discarded.add(frame)
+
     def restart(self, series: int | None = None) -> None:
         self.series = series
         self.taken.clear()
+        self.discarded.clear()
         self.highest = -1
 
 
@@ -311,7 +321,6 @@ class PassiveRows(RunRows):
         self._segments: list[tuple[int, int]] = []
         #: Frames of a series lost just before this run's first one of it.
         self._skipped: list[tuple[int, int]] = []
-        self._skipped_count = 0
 
     def on_header(self, series: int) -> None:
         self._offset = None  # frame numbers restart
@@ -334,12 +343,7 @@ class PassiveRows(RunRows):
         if frame in shared.taken:
             return self._drop("repeated", frame)
         if self._offset is None:
-            if shared.highest >= 0 and frame > shared.highest + 1:
-                gap = (shared.highest + 1, frame)
-                self.counts["missing"] += gap[1] - gap[0]
-                self._skipped_count += gap[1] - gap[0]
-                if len(self._skipped) < _MAX_INTERVALS:
-                    self._skipped.append(gap)
+            self._skip_to(frame)
             first_row = self.highest_row + 1
             self._offset = first_row - frame
             self._segments.append((first_row, self._offset))
@@ -352,9 +356,26 @@ class PassiveRows(RunRows):
             return DEFER
         return Take(row)
 
+    def _skip_to(self, frame: int) -> None:
+        """The run's first frame of the series: frames between the last one an
+        earlier run took and this one never arrived, unless set aside."""
+        shared = self.shared
+        if shared.highest < 0 or frame <= shared.highest + 1:
+            return
+        for gap in shared.discarded.gap_intervals(frame, shared.highest + 1):
+            self.counts["missing"] += gap[1] - gap[0]
+            if len(self._skipped) < _MAX_INTERVALS:
+                self._skipped.append(gap)
+
     def mark_stored(self, row: int, frame: int, arrival: Arrival | None) -> None:
         super().mark_stored(row, frame, arrival)
         self.shared.take(frame)
+
+    def discard(self, frame: int, arrival: Arrival | None, reason: str) -> None:
+        """``frame`` arrived before this run's trigger (or was dropped by a full
+        backlog): counted under ``reason``, never taken, never missing."""
+        self.counts[reason] += 1
+        self.shared.discard(frame, arrival.series if arrival is not None else None)
 
     def first_frame_of_segment(self) -> int | None:
         """The frame that began this run's part of the current series."""
@@ -363,12 +384,21 @@ class PassiveRows(RunRows):
         return self._segments[-1][0] - self._offset
 
     def missing_intervals(self) -> Iterator[tuple[int, int]]:
+        """Frames never received, by number: those skipped before a segment,
+        the holes between rows, and the rows after the last frame taken (the
+        tail: named by continuing the last segment's numbering)."""
         yield from self._skipped
-        top = min(self._top(), self.highest_row + 1)
-        for a, b in self.received.gap_intervals(top):
+        if not self._segments:
+            return
+        for a, b in self.received.gap_intervals(self._top()):
             # split the row gap at segment boundaries; name it by frame number
             for i, (first, offset) in enumerate(self._segments):
                 end = self._segments[i + 1][0] if i + 1 < len(self._segments) else b
                 lo, hi = max(a, first), min(b, end)
                 if lo < hi:
                     yield lo - offset, hi - offset
+
+    def missing_count(self) -> int:
+        # with no frame taken, no row can be named by frame number
+        unnamed = 0 if self._segments else (self.expected or 0)
+        return super().missing_count() + unnamed

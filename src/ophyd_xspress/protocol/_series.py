@@ -35,6 +35,7 @@ from ._intervals import (
     examples,
     format_intervals,
     format_ranges,
+    ordinal,
     plural,
     span,
 )
@@ -51,6 +52,7 @@ __all__ = [
 AnomalyKind = Literal[
     "missing",
     "gap",
+    "shared_stream",
     "repeated",
     "out_of_order",
     "header_before_series_end",
@@ -73,6 +75,14 @@ MAX_ANOMALY_FRAMES: Final = 100
 #: Finished series kept for inspection by a long-lived tracker; older ones are
 #: forgotten (their anomalies stay counted in :attr:`SeriesTracker.counts`).
 MAX_KEPT_SERIES: Final = 256
+#: A gap of at least this many frames is most likely the publisher's
+#: high-water mark (a consumer that fell behind), and is told so.
+LARGE_GAP: Final = 100
+#: Consecutive gaps of one size that make a pattern: every (k+1)-th frame
+#: arriving is what sharing a PUSH stream with k other consumers looks like
+#: (for a few consumers: a regular gap of thousands is something else).
+SHARED_STREAK: Final = 3
+SHARED_MAX_GAP: Final = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +107,15 @@ class Arrival:
 
     ``series`` is the index of the series it belongs to (None for a stray);
     ``gap`` the half-open interval of frame numbers skipped just before a
-    ``next`` frame, if any.
+    ``next`` frame, if any. ``headless``: the series' header was never seen
+    (the frame arrived before any header or after a ``series_end``); such
+    frames form a series of their own until the next header.
     """
 
-    kind: Literal["next", "late", "repeat", "stray"]
-    series: int | None
+    kind: Literal["next", "late", "repeat"]
+    series: int
     gap: tuple[int, int] | None = None
+    headless: bool = False
 
 
 def _keep(examples_list: list[int], frame: int) -> None:
@@ -116,6 +129,13 @@ class SeriesState:
 
     index: int
     filename: str | None = None
+    #: True for frames whose header was missed (see :class:`Arrival`), and
+    #: where the first of them came ("before any header", "after series_end").
+    headless: bool = False
+    where: str = ""
+    #: The lowest frame number that can be missing: 0, or for a headless
+    #: series the first frame seen (earlier ones came before we listened).
+    origin: int = 0
     frames_received: int = 0
     highest_frame: int = -1
     ended: bool = False
@@ -130,24 +150,43 @@ class SeriesState:
     out_of_order_frames: list[int] = field(default_factory=list)
     #: Missing frames when the series closed: examples and the exact count.
     _closed_missing: tuple[list[int], int] | None = None
+    #: Consecutive gaps of the same size (size, streak), and whether the
+    #: pattern was told.
+    _gaps: tuple[int, int] = (0, 0)
+    shared_told: bool = False
+    #: The verdict on a frame that comes next in order (shared: immutable).
+    in_order: Arrival = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.in_order = Arrival("next", self.index, None, self.headless)
 
     @property
     def missing_count(self) -> int:
         """How many frames below the highest one are missing (so far)."""
         if self._closed_missing is not None:
             return self._closed_missing[1]
-        return self.highest_frame + 1 - len(self.seen)
+        return max(0, self.highest_frame + 1 - self.origin - len(self.seen))
 
     @property
     def missing_frames(self) -> list[int]:
         """The missing frames (the first :data:`MAX_EXAMPLES` of them)."""
         if self._closed_missing is not None:
             return list(self._closed_missing[0])
-        return self.seen.gaps(self.highest_frame + 1, MAX_EXAMPLES)
+        return examples(self.missing_intervals(), MAX_EXAMPLES)
 
     def missing_intervals(self) -> list[tuple[int, int]]:
         """Half-open intervals of missing frames (open series only)."""
-        return list(self.seen.gap_intervals(self.highest_frame + 1))
+        return list(self.seen.gap_intervals(self.highest_frame + 1, self.origin))
+
+    def note_gap(self, size: int) -> bool:
+        """Record a gap of ``size`` frames before a ``next`` frame (0: none);
+        True when it completes a regular pattern not told yet."""
+        last, streak = self._gaps
+        if size > SHARED_MAX_GAP:
+            size = 0
+        streak = streak + 1 if size and size == last else (1 if size else 0)
+        self._gaps = (size, streak)
+        return streak >= SHARED_STREAK and not self.shared_told
 
 
 class SeriesTracker:
@@ -158,6 +197,9 @@ class SeriesTracker:
         self.series: deque[SeriesState] = deque(maxlen=MAX_KEPT_SERIES)
         #: How many series have started (the next series' index).
         self.series_started = 0
+        #: How many headless series (header missed) have started; they are
+        #: numbered -1, -2, ... so that announced series keep 0, 1, 2 ...
+        self.headless_started = 0
         self.current: SeriesState | None = None
         self.counts: Counter[str] = Counter()
         #: The most recent anomalies (at most :data:`MAX_KEPT_ANOMALIES`).
@@ -204,6 +246,8 @@ class SeriesTracker:
 
     def drain(self) -> list[Anomaly]:
         """The anomalies recorded since the last call (each returned once)."""
+        if not self._fresh:
+            return []
         fresh = list(self._fresh)
         self._fresh.clear()
         return fresh
@@ -215,7 +259,7 @@ class SeriesTracker:
         if count > 1:
             self.report(
                 "frame_outside_series",
-                f"{plural(count)} outside any series were not attributed "
+                f"{plural(count)} arrived outside any announced series "
                 f"(frames {format_ranges(seen)})",
                 count=0,
             )
@@ -223,7 +267,9 @@ class SeriesTracker:
     def on_header(self, filename: str | None) -> SeriesState:
         self._end_stray_streak()
         previous = self.current
-        if previous is not None and not previous.ended:
+        if previous is not None and previous.headless:
+            self._close(previous)  # the tail of a series we joined late
+        elif previous is not None and not previous.ended:
             self._close(previous)
             self.report(
                 "header_before_series_end",
@@ -261,9 +307,22 @@ class SeriesTracker:
     def track(self, frame: int) -> Arrival:
         """Record frame number ``frame`` and return the verdict on it."""
         cur = self.current
+        if (
+            cur is not None
+            and frame == cur.highest_frame + 1
+            and not (cur.closed or cur.headless)
+        ):
+            # the next frame in order (almost every frame): nothing to report
+            cur.seen.add(frame)
+            cur.highest_frame = frame
+            cur.frames_received += 1
+            cur._gaps = (0, 0)
+            return cur.in_order
+        headless = cur is None or cur.closed or cur.headless
         if cur is None or cur.closed:
-            self._stray(frame, cur)
-            return Arrival("stray", None)
+            cur = self._open_headless(frame, cur)
+        elif cur.headless:
+            self._stray(frame, first=False)
         kind: Literal["next", "late", "repeat"] = "next"
         gap: tuple[int, int] | None = None
         if frame in cur.seen:
@@ -285,35 +344,90 @@ class SeriesTracker:
             )
         elif frame > cur.highest_frame + 1:
             gap = (cur.highest_frame + 1, frame)
-            self.report(
-                "gap",
-                f"series {cur.index}: {'frame' if gap[1] - gap[0] == 1 else 'frames'}"
-                f" {span(gap[0], frame - 1)} not received before frame {frame}",
-                frames=tuple(examples([gap], MAX_ANOMALY_FRAMES)),
-                count=0,
-            )
+            self._gap(cur, gap)
+        else:
+            cur.note_gap(0)
         if kind != "repeat":
             cur.seen.add(frame)
             cur.highest_frame = max(cur.highest_frame, frame)
         cur.frames_received += 1
-        return Arrival(kind, cur.index, gap)
+        return Arrival(kind, cur.index, gap, headless)
 
-    def _stray(self, frame: int, cur: SeriesState | None) -> None:
-        where = (
-            "before any header"
-            if cur is None
-            else f"after series_end of series {cur.index}"
+    def _gap(self, cur: SeriesState, gap: tuple[int, int]) -> None:
+        """Tell a gap before a ``next`` frame; a regular pattern of gaps (every
+        other frame missing) once, as what it most likely is."""
+        size = gap[1] - gap[0]
+        if cur.note_gap(size):
+            cur.shared_told = True
+            self.report(
+                "shared_stream",
+                f"series {cur.index}: only every {ordinal(size + 1)} frame arrives "
+                f"({'frame' if size == 1 else 'frames'} {span(gap[0], gap[1] - 1)} "
+                f"missing before frame {gap[1]}, and the same before the previous "
+                "ones): another consumer of this "
+                "PUSH stream is taking the others (PULL sockets share a PUSH "
+                "stream's messages round-robin), or the publisher drops them",
+                frames=(gap[1],),
+            )
+        what = "frame" if size == 1 else "frames"
+        note = ""
+        if size >= LARGE_GAP:
+            note = (
+                "; a gap this large usually means this consumer fell behind and "
+                "the publisher's high-water mark dropped frames"
+            )
+        self.report(
+            "gap",
+            f"series {cur.index}: {what} {span(gap[0], gap[1] - 1)} not received "
+            f"before frame {gap[1]}{note}",
+            frames=tuple(examples([gap], MAX_ANOMALY_FRAMES)),
+            count=0,
+            # once the pattern is told, its every gap is detail
+            severity="debug" if cur.shared_told else "warning",
         )
-        # The first stray of a streak is reported at warning level, the rest
-        # at debug level, summed up when the next header arrives (a monitor
-        # joining a running stream would otherwise report every frame).
+
+    def _open_headless(self, frame: int, previous: SeriesState | None) -> SeriesState:
+        """A frame outside any announced series: its header was missed. It and
+        the frames up to the next header form a series of their own."""
+        where = "before any header" if previous is None else "after series_end"
+        self.headless_started += 1
+        state = SeriesState(
+            index=-self.headless_started,
+            filename=None,
+            headless=True,
+            where=where,
+            origin=frame,
+            highest_frame=frame - 1,
+        )
+        self.series.append(state)
+        self.current = state
+        self._stray(
+            frame,
+            first=True,
+            text=(
+                f"frame {frame} received {where}"
+                + (f" of series {previous.index}" if previous is not None else "")
+                + ": the header of its series was "
+                "missed (this consumer joined after Arm, or another consumer of "
+                "a PUSH stream took it); the frames up to the next header are kept "
+                "as a series of their own"
+            ),
+        )
+        return state
+
+    def _stray(self, frame: int, *, first: bool, text: str = "") -> None:
+        # The first frame of a headless series is reported at warning level,
+        # the rest at debug level, summed up when the next header arrives (a
+        # monitor joining a running stream would otherwise report every frame).
         self._stray_count += 1
         _keep(self._stray_examples, frame)
-        first = self._stray_count == 1
-        note = " (further such frames are counted, not logged)" if first else ""
+        if first:
+            text += " (further such frames are counted, not logged)"
+        else:
+            text = f"frame {frame} received outside any announced series"
         self.report(
             "frame_outside_series",
-            f"frame {frame} received {where}: not attributed to any series{note}",
+            text,
             frames=(frame,),
             severity="warning" if first else "debug",
         )

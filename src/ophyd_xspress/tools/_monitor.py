@@ -168,7 +168,11 @@ class StreamMonitor:
     def summary(self) -> dict[str, Any]:
         """The figures so far, as plain data (``listen --json`` prints it)."""
         rate, mbps = self._rates()
-        counts = self.decoder.tracker.counts
+        tracker = self.decoder.tracker
+        counts = tracker.counts
+        # the open series' gaps count now, not only when it ends
+        current = tracker.current
+        open_missing = current.missing_count if current and not current.closed else 0
         dead = self._dead_time
         return {
             "endpoint": self.endpoint,
@@ -181,7 +185,8 @@ class StreamMonitor:
             "last_frame": self._last_frame,
             "headers": self.headers,
             "series_ends": self.series_ends,
-            "missing": int(counts["missing"]),
+            "missing": int(counts["missing"]) + open_missing,
+            "shared_stream": bool(counts["shared_stream"]),
             "repeated": int(counts["repeated"]),
             "out_of_order": int(counts["out_of_order"]),
             "frames_outside_series": int(counts["frame_outside_series"]),

@@ -7,6 +7,12 @@ errors, pushed by events), ``_sink`` (the contract a sink of frames
 implements).
 """
 
+from ._errors import (
+    StreamIncompleteError,
+    StreamRestartedError,
+    StreamShapeError,
+    StreamStalledError,
+)
 from ._message import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_RCVHWM,
@@ -17,6 +23,7 @@ from ._message import (
     decode_message,
     log_anomalies,
     open_stream_socket,
+    rcvhwm_for,
     receive_message,
 )
 from ._receiver import (
@@ -25,8 +32,8 @@ from ._receiver import (
     StreamConnectError,
     StreamReceiver,
 )
-from ._run import Run, StreamIncompleteError, StreamRestartedError, StreamStalledError
-from ._sink import DurableRows, FrameRefusedError, FrameSink
+from ._run import Run
+from ._sink import DurableRows, FrameRefusedError, FrameShapeError, FrameSink
 
 __all__ = [
     "DEFAULT_BACKLOG_BYTES",
@@ -37,6 +44,7 @@ __all__ = [
     "Decoded",
     "DurableRows",
     "FrameRefusedError",
+    "FrameShapeError",
     "FrameSink",
     "Part",
     "Received",
@@ -45,9 +53,11 @@ __all__ = [
     "StreamIncompleteError",
     "StreamReceiver",
     "StreamRestartedError",
+    "StreamShapeError",
     "StreamStalledError",
     "decode_message",
     "log_anomalies",
     "open_stream_socket",
+    "rcvhwm_for",
     "receive_message",
 ]

@@ -11,6 +11,7 @@ how to raise it). It is emptied when the receiver stops (unstage).
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Final
@@ -35,6 +36,8 @@ class Held:
     packet: Frame | HeaderMessage | SeriesEndMessage
     series: int
     nbytes: int = 0
+    #: When it was received (``time.monotonic()``).
+    received_at: float = 0.0
 
 
 def _frame_bytes(frame: Frame) -> int:
@@ -63,18 +66,18 @@ class Backlog:
 
     def hold(
         self, packet: Frame | HeaderMessage | SeriesEndMessage, series: int
-    ) -> int:
-        """Keep ``packet``; returns how many old frames were dropped for it."""
+    ) -> list[Held]:
+        """Keep ``packet``; returns the old frames dropped to make room."""
         nbytes = _frame_bytes(packet) if isinstance(packet, Frame) else 0
-        return self.keep(Held(packet, series, nbytes))
+        return self.keep(Held(packet, series, nbytes, time.monotonic()))
 
-    def keep(self, held: Held) -> int:
-        """Keep ``held``; returns how many old frames were dropped for it."""
+    def keep(self, held: Held) -> list[Held]:
+        """Keep ``held``; returns the old frames dropped to make room."""
         if isinstance(held.packet, Frame):
             self.frames += 1
             self.bytes += held.nbytes
         self._items.append(held)
-        dropped = 0
+        dropped: list[Held] = []
         while self._items and (
             self.frames > self.max_frames or self.bytes > self.max_bytes
         ):
@@ -82,10 +85,10 @@ class Backlog:
             if isinstance(old.packet, Frame):
                 self.frames -= 1
                 self.bytes -= old.nbytes
-                dropped += 1
+                dropped.append(old)
         if dropped:
             first = self.dropped == 0
-            self.dropped += dropped
+            self.dropped += len(dropped)
             if first:
                 log.warning(
                     "%s: frames arrive with no run to take them; this receiver "

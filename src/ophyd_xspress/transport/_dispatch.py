@@ -82,6 +82,12 @@ class RunDispatcher:
                 self._run = None
         run.close()  # wakes its waiters: the run is over
 
+    def hint(self, text: str) -> None:
+        """A likely cause of trouble, for the current run's error messages."""
+        run = self._run
+        if run is not None:
+            run.hint(text)
+
     def reset(self) -> None:
         """Forget what was kept (the receiver starts or stops)."""
         with self._lock:
@@ -104,10 +110,14 @@ class RunDispatcher:
     def deliver(self, packets: list[Packet], run: Run | None, series: int) -> None:
         """Give ``packets`` to ``run`` (``series``: the decoder's current one,
         for headers and series ends), or keep them for the next run."""
-        for packet in packets:
-            if isinstance(packet, StrayFrame):
+        for item in packets:
+            if isinstance(item, StrayFrame):
+                # its header was missed: a passive run takes it (the frame
+                # knows its headless series), an active run counts it stale
                 self.counts["outside_series"] += 1
-                continue
+                packet: Frame | HeaderMessage | SeriesEndMessage = item.frame
+            else:
+                packet = item
             if isinstance(packet, HeaderMessage):
                 self.last_header = packet
             arrival = packet.arrival if isinstance(packet, Frame) else None
@@ -143,18 +153,30 @@ class RunDispatcher:
             return
         if run.header is None:
             run.header = self.last_header
+        older = 0
         for i, item in enumerate(items):
             if run.done:
                 for rest in items[i:]:
                     self._hold(rest)
-                return
-            if not self._offer(run, item.packet, item.series):
+                break
+            if isinstance(item.packet, Frame) and item.received_at < run.began:
+                # a passive run takes no frame older than its trigger (a
+                # free-running detector would hand a step an old frame)
+                run.discard(item.packet, "before_trigger")
+                older += 1
+            elif not self._offer(run, item.packet, item.series):
                 self._hold(item)
+        if older:
+            run.note_discarded(older)
 
     def _hold(self, held: Held) -> None:
-        if held.nbytes or not isinstance(held.packet, Frame):
+        if held.received_at:
             dropped = self.backlog.keep(held)
         else:
             dropped = self.backlog.hold(held.packet, held.series)
+        for old in dropped:
+            # received, then dropped by this receiver: never called missing
+            if isinstance(old.packet, Frame):
+                self._passive.discard(old.packet.frame, old.series)
         if dropped:
-            self.counts["backlog_dropped"] += dropped
+            self.counts["backlog_dropped"] += len(dropped)

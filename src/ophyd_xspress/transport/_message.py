@@ -35,6 +35,7 @@ from ..protocol import MAX_FRAME_BYTES, Anomaly, Packet, ProtocolError, StreamDe
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_QUEUE_BYTES",
     "DEFAULT_RCVHWM",
     "MAX_PARTS",
     "SMALL_PART",
@@ -44,6 +45,7 @@ __all__ = [
     "decode_message",
     "log_anomalies",
     "open_stream_socket",
+    "rcvhwm_for",
     "receive_message",
 ]
 
@@ -53,6 +55,9 @@ SMALL_PART: Final = 8192
 #: than the detector cannot grow without limit: PUSH senders then block, PUB
 #: senders drop, and the gap is reported as missing frames.
 DEFAULT_RCVHWM: Final = 4096
+#: Bytes of frames the socket's queue may hold: the high-water mark counts
+#: messages, so it is set from the frame size (:func:`rcvhwm_for`).
+DEFAULT_QUEUE_BYTES: Final = 256 << 20
 #: Most parts a message of this protocol has (JSON, spectra, metadata).
 MAX_PARTS: Final = 3
 #: Largest part accepted: the largest spectra buffer plus room for its JSON.
@@ -62,6 +67,14 @@ DEFAULT_MAX_MESSAGE_BYTES: Final = MAX_FRAME_BYTES + (1 << 20)
 Part: TypeAlias = bytes | zmq.Frame
 
 _LEVELS: Final = {"warning": logging.WARNING, "info": logging.INFO}
+
+
+def rcvhwm_for(frame_bytes: int, queue_bytes: int = DEFAULT_QUEUE_BYTES) -> int:
+    """The receive high-water mark that keeps the socket's queue of frames of
+    ``frame_bytes`` under ``queue_bytes`` (at least 16 messages, at most
+    :data:`DEFAULT_RCVHWM`): 4096 for 4 x 4096-bin frames, 256 for 64
+    channels."""
+    return max(16, min(DEFAULT_RCVHWM, queue_bytes // max(1, frame_bytes)))
 
 
 def open_stream_socket(

@@ -50,6 +50,7 @@ from ._message import (
     decode_message,
     log_anomalies,
     open_stream_socket,
+    rcvhwm_for,
     receive_message,
 )
 from ._run import Run
@@ -76,6 +77,10 @@ class StreamConnectError(ConnectionError):
 class StreamReceiver:
     """A dedicated thread receiving and decoding one stream endpoint.
 
+    ``frame_bytes`` (the spectra of one frame, if known) sets the socket's
+    high-water mark so that its queue holds at most about 256 MiB of frames
+    (:func:`rcvhwm_for`); ``rcvhwm`` sets it directly.
+
     >>> rx = StreamReceiver("tcp://127.0.0.1:9999")
     >>> rx.start()                       # connects (and subscribes) now
     >>> run = rx.begin(expected=10, sink=my_sink, active=True)
@@ -89,7 +94,8 @@ class StreamReceiver:
         endpoint: str,
         socket_type: SocketType = "sub",
         *,
-        rcvhwm: int = DEFAULT_RCVHWM,
+        rcvhwm: int | None = None,
+        frame_bytes: int | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         batch: int = 512,
         backlog: int = DEFAULT_BACKLOG_FRAMES,
@@ -101,6 +107,8 @@ class StreamReceiver:
         self.endpoint = endpoint
         self.socket_type: SocketType = socket_type
         self.rcvhwm = rcvhwm
+        #: The size of one frame's spectra, if known (sets the high-water mark).
+        self.frame_bytes = frame_bytes
         self.batch = batch
         self.max_message_bytes = max_message_bytes
         self._ctx = context or zmq.Context.instance()
@@ -223,7 +231,7 @@ class StreamReceiver:
         sock = open_stream_socket(
             self._ctx,
             self.socket_type,
-            rcvhwm=self.rcvhwm,
+            rcvhwm=self.queue_messages,
             max_message_bytes=self.max_message_bytes,
         )
         monitor = sock.get_monitor_socket(
@@ -231,6 +239,15 @@ class StreamReceiver:
         )
         sock.connect(self.endpoint)
         return sock, monitor
+
+    @property
+    def queue_messages(self) -> int:
+        """The socket's receive high-water mark (messages it may queue)."""
+        if self.rcvhwm is not None:
+            return self.rcvhwm
+        if self.frame_bytes is not None:
+            return rcvhwm_for(self.frame_bytes)
+        return DEFAULT_RCVHWM
 
     def _serve(self) -> None:
         try:
@@ -286,6 +303,13 @@ class StreamReceiver:
         """Decode one message; log its anomalies once; never raise."""
         decoded = decode_message(self.decoder, message)
         log_anomalies(log, self.endpoint, decoded.anomalies)
+        for anomaly in decoded.anomalies:
+            if anomaly.kind == "shared_stream":
+                self._runs.hint(
+                    "frames are being taken by another consumer of this PUSH "
+                    "stream, or the publisher drops them (see the warning "
+                    f"about series {anomaly.series})"
+                )
         exc = decoded.error
         if exc is None:
             return decoded.packets
@@ -313,11 +337,19 @@ class StreamReceiver:
                 message = self._receive(sock)
                 if message is None:
                     break
-                if message:
-                    packets = self._decode(message)
-                    current = self.decoder.tracker.current
-                    series = current.index if current is not None else -1
-                    self._runs.deliver(packets, run, series)
+                if not message:
+                    continue
+                packets = self._decode(message)
+                # the run may have ended (and the next begun) on another
+                # thread meanwhile: each message goes to the run current now
+                now = self._runs.next_batch()
+                if now is not run:
+                    if run is not None:
+                        run.after_batch()
+                    run = now
+                current = self.decoder.tracker.current
+                series = current.index if current is not None else -1
+                self._runs.deliver(packets, run, series)
         if run is not None:
             # after a batch, or a quiet poll: lets the sink store a partial block
             run.after_batch()

@@ -12,13 +12,12 @@ computed from the last frame's arrival.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from itertools import islice
 
 from ..protocol import (
     ActiveRows,
@@ -28,34 +27,23 @@ from ..protocol import (
     HeaderMessage,
     Incomplete,
     PassiveRows,
-    ProtocolError,
     Restarted,
     RunRows,
-    format_intervals,
 )
-from ._sink import DurableRows, FrameRefusedError, FrameSink
+from ._errors import (
+    StreamIncompleteError,
+    StreamRestartedError,
+    StreamStalledError,
+    incomplete_error,
+    shape_error,
+    stall_error,
+)
+from ._sink import DurableRows, FrameRefusedError, FrameShapeError, FrameSink
+from ._wakeup import Wakeup
 
-__all__ = [
-    "Run",
-    "StreamIncompleteError",
-    "StreamRestartedError",
-    "StreamStalledError",
-]
+__all__ = ["Run"]
 
 log = logging.getLogger("ophyd_xspress.transport")
-
-
-class StreamStalledError(TimeoutError):
-    """Frames stopped arriving before the run had all it expected."""
-
-
-class StreamIncompleteError(RuntimeError):
-    """The detector ended the series before sending every frame of the run."""
-
-
-class StreamRestartedError(ProtocolError):
-    """A new series began in the middle of an active run (the stream broke the
-    run's one-series protocol: someone re-armed the detector)."""
 
 
 class Run:
@@ -85,10 +73,14 @@ class Run:
         self.error: BaseException | None = None
         self.closed = False
         self.last_frame_time = time.monotonic()
+        #: When the run began (its trigger): a passive run takes no frame
+        #: received before it.
+        self.began = self.last_frame_time
+        #: Likely causes the receiver noticed, added to error messages.
+        self.hints: list[str] = []
         #: False until the receiver has offered this run its backlog.
         self.backlog_fed = False
-        self._done = threading.Event()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._wakeup = Wakeup()
         self._published: tuple[int, bool] | None = None
         self._publish_lock = threading.Lock()
         self._unsubscribe = (
@@ -141,28 +133,26 @@ class Run:
     def _expected_text(self) -> str:
         return str(self.expected) if self.expected is not None else "?"
 
+    def hint(self, text: str) -> None:
+        if text not in self.hints:
+            self.hints.append(text)
+
     def incomplete_error(self) -> StreamIncompleteError:
-        fact = self.rows.incomplete()
-        return StreamIncompleteError(
-            f"the series from {self.endpoint} ended after {fact.received} of "
-            f"{self._expected_text()} frames; missing {fact.missing_text} "
-            "(frames after the first gap are in the file but no event refers to "
-            "them)"
+        return incomplete_error(
+            self.endpoint, self.rows.incomplete(), self._expected_text(), self.hints
         )
 
     def stall_error(self, waited: float) -> StreamStalledError:
-        text = (
-            f"no frame from {self.endpoint} for {waited:.1f} s: received "
-            f"{self.received} of {self._expected_text()} frames"
+        return stall_error(
+            self.endpoint,
+            waited,
+            self.received,
+            self._expected_text(),
+            awaiting_header=self.awaiting_header,
+            stale=self.rows.counts["stale"],
+            missing=list(islice(self.rows.missing_intervals(), 1000)),
+            hints=self.hints,
         )
-        if self.awaiting_header:
-            text += " (the series header never arrived: was the detector armed, and "
-            text += "the subscriber connected before Arm?)"
-        else:
-            missing = format_intervals(self.rows.missing_intervals())
-            if missing:
-                text += f"; missing {missing}"
-        return StreamStalledError(text)
 
     # -- receiver thread -----------------------------------------------------------
     def on_header(self, header: HeaderMessage, series: int) -> None:
@@ -203,6 +193,12 @@ class Run:
         self.last_frame_time = time.monotonic()
         try:
             self.sink.put(self.row_offset + placement.row, frame)
+        except FrameShapeError as exc:
+            self.rows.mark_refused(placement.row, frame.frame)
+            error = shape_error(self.endpoint, exc)
+            log.error("%s", error)
+            self.fail(error)
+            return True
         except FrameRefusedError as exc:
             self.rows.mark_refused(placement.row, frame.frame)
             log.warning("%s: frame %d not stored: %s", self.endpoint, frame.frame, exc)
@@ -250,6 +246,19 @@ class Run:
             self.fail(exc)
         self._publish()
 
+    def discard(self, frame: Frame, reason: str) -> None:
+        """A passive run sets ``frame`` aside (counted under ``reason``)."""
+        if isinstance(self.rows, PassiveRows):
+            self.rows.discard(frame.frame, frame.arrival, reason)
+
+    def note_discarded(self, count: int) -> None:
+        log.info(
+            "%s: discarded %d frame(s) received before this run's trigger (a "
+            "passive detector takes only frames that arrive after trigger())",
+            self.endpoint,
+            count,
+        )
+
     def note_stale(self, count: int) -> None:
         """``count`` frames received before the run began were discarded."""
         self.rows.counts["stale"] += count
@@ -296,63 +305,41 @@ class Run:
             self._notify()
 
     def _notify(self) -> None:
-        if self.done or self.closed:
-            self._done.set()
-        for loop, event in list(self._waiters):
-            with contextlib.suppress(RuntimeError):  # that loop has closed
-                loop.call_soon_threadsafe(event.set)
+        self._wakeup.notify(self.done or self.closed)
 
-    async def _wait_until(
-        self,
-        ready: Callable[[], bool],
-        deadline: Callable[[], float],
-        on_timeout: Callable[[float], BaseException],
-    ) -> None:
-        """Return when ``ready()``; raise the run's error, or ``on_timeout``
-        once ``deadline()`` (re-read after every wake-up) has passed."""
-        loop = asyncio.get_running_loop()
-        event = asyncio.Event()
-        entry = (loop, event)
-        self._waiters.append(entry)
-        try:
-            while True:
-                event.clear()
-                if self.error is not None:
-                    raise self.error
-                if ready():
-                    return
-                left = deadline() - time.monotonic()
-                if left <= 0:
-                    raise on_timeout(-left)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), left)
-        finally:
-            self._waiters.remove(entry)
-
-    async def wait(self, stall_timeout: float) -> None:
+    async def wait(self, stall_timeout: float, since: float = 0.0) -> None:
         """Wait until the run has its frames, or ends (closed); raise its error,
-        or :class:`StreamStalledError` after ``stall_timeout`` without a frame."""
-        await self._wait_until(
+        or :class:`StreamStalledError` after ``stall_timeout`` without a frame
+        (counted from the last frame, or from ``since`` if later)."""
+
+        def start() -> float:
+            return max(self.last_frame_time, since)
+
+        await self._wakeup.until(
             lambda: self.rows.done or self.closed,
-            lambda: self.last_frame_time + stall_timeout,
-            lambda late: self.stall_error(stall_timeout + late),
+            lambda: self.error,
+            lambda: start() + stall_timeout,
+            lambda: self.stall_error(time.monotonic() - start()),
         )
 
     async def wait_stored(self, timeout: float) -> None:
         """Wait until every frame received so far is durably stored."""
         start = time.monotonic()
 
-        def stuck(_: float) -> TimeoutError:
+        def stuck() -> TimeoutError:
             return TimeoutError(
                 f"{self.endpoint}: {self.contiguous - self.stored} received "
                 f"frame(s) not stored {timeout:.1f} s after the last one arrived "
                 "(is the disk stalled?)"
             )
 
-        await self._wait_until(
-            lambda: self.stored >= self.contiguous, lambda: start + timeout, stuck
+        await self._wakeup.until(
+            lambda: self.stored >= self.contiguous,
+            lambda: self.error,
+            lambda: start + timeout,
+            stuck,
         )
 
     def wait_blocking(self, timeout: float) -> bool:
         """Block until the run is done or closed (threads, tests)."""
-        return self._done.wait(timeout)
+        return self._wakeup.wait_finished(timeout)

@@ -17,12 +17,28 @@ from typing import Protocol
 
 from ..protocol import Frame, FrameSet
 
-__all__ = ["DurableRows", "FrameRefusedError", "FrameSink"]
+__all__ = ["DurableRows", "FrameRefusedError", "FrameShapeError", "FrameSink"]
 
 
 class FrameRefusedError(ValueError):
     """The sink cannot store this one frame (for example, a frame of a shape
     the file was not opened for). Its row stays empty; the sink itself is fine."""
+
+
+class FrameShapeError(FrameRefusedError):
+    """The frame has another shape than the sink was made for: a setting, not a
+    glitch (every frame of the stream will be refused), so the run fails."""
+
+    def __init__(
+        self, frame: int, shape: tuple[int, ...], expected: tuple[int, int], where: str
+    ) -> None:
+        self.frame = frame
+        self.shape = shape
+        self.expected = expected
+        self.where = where
+        super().__init__(
+            f"frame {frame} has shape {shape}, {where} was opened for {expected}"
+        )
 
 
 class FrameSink(Protocol):
