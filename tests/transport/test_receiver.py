@@ -198,7 +198,9 @@ def test_a_run_that_begins_mid_batch_gets_its_own_header(stream: Any) -> None:
             return None
 
     runs[1] = stream.rx.begin(2, EndsTheRunMidBatch(), active=True)
-    stream.send_series([0, 1])
+    # (no series_end: the sink sends from the receiver thread, and a ZeroMQ
+    # socket must not be used by two threads at once)
+    stream.send_series([0, 1], end=False)
     assert runs[1].wait_blocking(TIMEOUT)
     assert runs[1].error is None
     assert runs[2].wait_blocking(TIMEOUT)
