@@ -312,6 +312,12 @@ class MetadataLayout:
     #: The names of ``fields``, in order.
     names: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _name_set: frozenset[str] = field(init=False, repr=False, compare=False)
+    # Computed once: consumers look layouts up per frame, and hashing the
+    # fields tuple each time cost more than the rest of the lookup.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __post_init__(self) -> None:
         names = tuple(f.name for f in self.fields)
@@ -325,6 +331,7 @@ class MetadataLayout:
                 )
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "_name_set", frozenset(names))
+        object.__setattr__(self, "_hash", hash((self.size, self.fields)))
 
     def columns(
         self,

@@ -202,23 +202,19 @@ def roi_sums(spectra: npt.ArrayLike, windows: npt.ArrayLike) -> npt.NDArray[Any]
         # A few windows (the usual case): sum each window's bins directly, ~10x
         # faster on a block of frames than a running sum over every bin.
         # Summing uint32 counts in uint32 (no cast per element) is another ~5x
-        # faster, and exact when no window sum can reach 2**32: checked from
-        # the largest bin and the widest window, else summed in 64 bits.
-        step = acc
-        if (
-            kind == "u"
-            and s.dtype.itemsize <= 4
-            and s.size
-            and lo.size
-            and int(s.max()) * int((hi - lo).max()) < 2**32
-        ):
-            step = np.uint32
+        # faster, and exact when the window's sum cannot reach 2**32: checked
+        # from its largest bin and its width (the window's own bins only: the
+        # whole block's maximum cost more than all the sums), else 64 bits.
+        narrow = kind == "u" and s.dtype.itemsize <= 4
         out_i = np.empty((*s.shape[:-1], lo.shape[-1]), dtype=acc)
         for c in range(channels):
             for r in range(lo.shape[-1]):
-                out_i[..., c, r] = s[..., c, lo[c, r] : hi[c, r]].sum(
-                    axis=-1, dtype=step
-                )
+                window = s[..., c, lo[c, r] : hi[c, r]]
+                step = acc
+                fits = window.size and int(window.max()) * window.shape[-1] < 2**32
+                if narrow and fits:
+                    step = np.uint32
+                out_i[..., c, r] = window.sum(axis=-1, dtype=step)
         return out_i
     # Many windows: differences of a running sum, exact (modulo 2**64,
     # unreachable with 32-bit counts).
