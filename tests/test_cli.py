@@ -103,11 +103,12 @@ def test_inspect_missing_file_exits_2(capsys: pytest.CaptureFixture[str]) -> Non
     assert "cannot open" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("channels", [2, 36])
 def test_listen_json_summarises_a_running_stream(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], channels: int
 ) -> None:
     with XspressSimulator(
-        channels=2, tango=False, count_rate=1e5, write_hdf5=False
+        channels=channels, tango=False, count_rate=1e5, write_hdf5=False
     ) as sim:
         det = sim.control
         det.exposure_time = 0.005
@@ -138,12 +139,52 @@ def test_listen_json_summarises_a_running_stream(
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["frames"] >= 40
-    assert summary["channels"] == 2
+    assert summary["channels"] == channels
+    assert len(summary["ocr_cps"]) == channels
     assert summary["missing"] == 0
     assert summary["frame_rate_hz"] > 50
     assert summary["mb_per_s"] > 0
     assert all(0 < d < 50 for d in summary["dead_time_percent"])
     assert all(ocr > 0 for ocr in summary["ocr_cps"])
+
+
+def test_listen_table_shows_the_spread_of_many_channels() -> None:
+    """Beyond 8 channels the table gives min / median / max over channels and
+    which channels are the extremes, not one row per channel."""
+    from rich.console import Console
+
+    from ophyd_xspress.cli._listen import _table
+
+    channels = 36
+    dead = [1.0 + c / 10 for c in range(channels)]
+    dead[7] = 9.5  # one hot channel
+    summary = {
+        "endpoint": "tcp://127.0.0.1:9999",
+        "frames": 100,
+        "frame_rate_hz": 10.0,
+        "mb_per_s": 5.9,
+        "megabytes": 59.0,
+        "last_frame": 99,
+        "headers": 1,
+        "series_ends": 0,
+        "missing": 0,
+        "repeated": 0,
+        "out_of_order": 0,
+        "frames_outside_series": 0,
+        "protocol_errors": 0,
+        "last_error": "",
+        "channels": channels,
+        "ocr_cps": [1000.0 * (c + 1) for c in range(channels)],
+        "icr_cps": [None] + [2000.0] * (channels - 1),
+        "dead_time_percent": dead,
+    }
+    console = Console(record=True, width=120)
+    console.print(_table(summary))
+    text = console.export_text()
+    assert "channel 0" not in text
+    assert "1,000 (ch 0) / 18,500 / 36,000 (ch 35) cps" in text
+    assert "0 (ch 0) / 2,000 / 2,000" in text  # no ICR yet on channel 0
+    assert "1.00 (ch 0) / " in text and " / 9.50 (ch 7) %" in text
 
 
 def test_inspect_reports_a_non_finite_exptime_as_null(

@@ -15,6 +15,7 @@ __all__ = [
     "HARDWARE_WINDOWS",
     "MIN_LATENCY",
     "READOUT_TIME",
+    "SIM_MAX_CHANNELS",
     "TICK_S",
 ]
 
@@ -32,3 +33,7 @@ MIN_LATENCY: Final = 100e-9
 DEFAULT_BINS: Final = 4096
 #: Hardware ROI windows per channel (``Window1_Ch{n}``, ``Window2_Ch{n}``).
 HARDWARE_WINDOWS: Final = 2
+#: Most channels the simulator makes: the largest systems in use (Xspress4 in
+#: Odin runs 36 on four cards; EPICS ships up to 32) with room to spare, at
+#: 1 MiB of spectra a frame. The stream format itself allows more.
+SIM_MAX_CHANNELS: Final = 64

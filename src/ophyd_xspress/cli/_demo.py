@@ -6,11 +6,18 @@ import argparse
 import importlib.util
 import sys
 
+from .._constants import SIM_MAX_CHANNELS
+
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--channels", type=int, default=4, help="1..8 (default 4)")
+    parser.add_argument(
+        "--channels",
+        type=int,
+        default=4,
+        help=f"1..{SIM_MAX_CHANNELS} (default 4)",
+    )
     parser.add_argument("--points", type=int, default=5, help="count points")
     parser.add_argument("--frames", type=int, default=500, help="fly-scan frames")
     parser.add_argument(
@@ -44,8 +51,11 @@ def run(args: argparse.Namespace) -> int:
         if importlib.util.find_spec(module) is None:
             print(MISSING_EXTRA.format(missing=module), file=sys.stderr)
             return 2
-    if not 1 <= args.channels <= 8:
-        print("ophyd-xspress demo: error: --channels must be 1..8", file=sys.stderr)
+    if not 1 <= args.channels <= SIM_MAX_CHANNELS:
+        print(
+            f"ophyd-xspress demo: error: --channels must be 1..{SIM_MAX_CHANNELS}",
+            file=sys.stderr,
+        )
         return 2
     result = run_demo(
         channels=args.channels,

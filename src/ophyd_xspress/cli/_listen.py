@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from typing import Any
@@ -48,15 +49,42 @@ def _table(s: dict[str, Any]) -> Any:
     )
     t.add_row("outside any series", str(s["frames_outside_series"]))
     t.add_row("protocol errors", f"{s['protocol_errors']} {s['last_error'][:60]}")
-    for c in range(s["channels"]):
-        ocr = s["ocr_cps"][c]
-        icr = s["icr_cps"][c]
-        dead = s["dead_time_percent"][c]
-        t.add_row(
-            f"channel {c}",
-            f"OCR {ocr or 0:,.0f} cps  ICR {icr or 0:,.0f} cps  dead {dead or 0:.2f} %",
-        )
+    if s["channels"] <= CHANNEL_ROWS:
+        for c in range(s["channels"]):
+            ocr = s["ocr_cps"][c]
+            icr = s["icr_cps"][c]
+            dead = s["dead_time_percent"][c]
+            t.add_row(
+                f"channel {c}",
+                f"OCR {ocr or 0:,.0f} cps  ICR {icr or 0:,.0f} cps  "
+                f"dead {dead or 0:.2f} %",
+            )
+    else:
+        for label, key, unit in _SPREAD_ROWS:
+            t.add_row(label, _spread([v or 0.0 for v in s[key]], unit))
     return t
+
+
+#: Up to this many channels, one row each; beyond, the spread over channels
+#: (a 36-channel table would push the stream figures off the screen).
+CHANNEL_ROWS = 8
+_SPREAD_ROWS = (
+    ("OCR (min / median / max)", "ocr_cps", "cps"),
+    ("ICR (min / median / max)", "icr_cps", "cps"),
+    ("dead time (min / median / max)", "dead_time_percent", "%"),
+)
+
+
+def _spread(values: list[float], unit: str) -> str:
+    """``min / median / max`` over channels, naming the channels of the extremes."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    lo, hi = order[0], order[-1]
+    median = statistics.median(values)
+    fmt = "{:.2f}" if unit == "%" else "{:,.0f}"
+    return (
+        f"{fmt.format(values[lo])} (ch {lo}) / {fmt.format(median)} / "
+        f"{fmt.format(values[hi])} (ch {hi}) {unit}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,11 +7,18 @@ import signal
 import sys
 import threading
 
+from .._constants import SIM_MAX_CHANNELS
+
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--channels", type=int, default=4, help="1..8 (default 4)")
+    parser.add_argument(
+        "--channels",
+        type=int,
+        default=4,
+        help=f"1..{SIM_MAX_CHANNELS} (default 4)",
+    )
     parser.add_argument(
         "--endpoint",
         default="tcp://127.0.0.1:9999",
