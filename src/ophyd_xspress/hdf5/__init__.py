@@ -37,7 +37,7 @@ makes a file a killed writer left readable with plain ``h5py.File`` again.
 
 from .._schema import GROUP
 from ._blocks import PREFAULT_BLOCKS, STUCK_TIMEOUT
-from ._codec import COMPRESSIONS, Compression
+from ._codec import COMPRESSIONS, DEFAULT_COMPRESSION, Compression
 from ._layout import SCALERS, DatasetSpec, check_storage, dataset_specs
 from ._repair import RepairResult, repair, repair_leftovers
 from ._stats import WriterStats
@@ -45,6 +45,7 @@ from ._writer import Hdf5FrameWriter, SpectraIO
 
 __all__ = [
     "COMPRESSIONS",
+    "DEFAULT_COMPRESSION",
     "GROUP",
     "PREFAULT_BLOCKS",
     "SCALERS",

@@ -37,6 +37,7 @@ import numpy.typing as npt
 
 __all__ = [
     "COMPRESSIONS",
+    "DEFAULT_COMPRESSION",
     "THREADS",
     "ChunkWriter",
     "Codec",
@@ -48,6 +49,10 @@ Compression = Literal["bslz4", "blosc", "gzip"]
 
 #: The compressions the writer offers.
 COMPRESSIONS: Final[tuple[Compression, ...]] = get_args(Compression)
+#: The detector's default: bitshuffle + LZ4 (as Eiger and Odin files) keeps up
+#: with the stream where gzip cannot and shrinks fluorescence spectra most
+#: (docs/benchmarks.md); h5py reads it once ``hdf5plugin`` is imported.
+DEFAULT_COMPRESSION: Final[Compression] = "bslz4"
 
 #: Threads compressing the chunks of one file.
 THREADS: Final = 2
