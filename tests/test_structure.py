@@ -43,6 +43,8 @@ ALLOWED = {
     "device": {"protocol", "transport", "hdf5", "device", "_constants", "_schema"},
     "sim": {"protocol", "sim", "_constants"},
     "tools": {"protocol", "transport", "tools", "_constants"},
+    "maps": {"protocol", "sim", "maps", "_constants", "_schema"},
+    "dranspose": {"protocol", "maps", "dranspose", "_constants"},
 }
 
 

@@ -2,8 +2,9 @@
 
 ``ophyd-xspress demo`` (or :func:`run_demo`) starts the simulated Xspress3 with its
 Tango device, a RunEngine writing to a local tiled catalog, runs a step scan
-(``count``) and a short fly scan with a progress bar, reads both runs back from
-the catalog, prints a per-channel table and writes two PNG plots.
+(``count``), a short fly scan with a progress bar and a small fly map of the
+simulator's phantom sample, reads the runs back from the catalog, prints a
+per-channel table and writes three PNG plots (spectra, dead time, the map).
 """
 
 from __future__ import annotations
@@ -40,12 +41,16 @@ DEMO_LINES = {
         ("Au", "La1", "Lα"),
     )
 } | {"elastic": DEFAULT_SAMPLE.incident_energy_ev}
+#: The demo's fly map of the phantom: pixels along x and y, seconds a pixel.
+MAP_PIXELS = (12, 6)
+MAP_DWELL = 0.01
 
 
 @dataclass
 class DemoResult:
     count_uid: str
     fly_uid: str
+    map_uid: str
     catalog_uri: str
     data_dir: Path
     plots: list[Path] = field(default_factory=list)
@@ -86,6 +91,7 @@ def run_demo(
     out: TextIO = sys.stdout,
 ) -> DemoResult:
     from .catalog import LocalCatalog, default_directory
+    from .maps import plot_map, read_map
     from .plots import plot_deadtime, plot_spectra
 
     t0 = time.monotonic()
@@ -95,7 +101,7 @@ def run_demo(
     print(f"catalog and data under {directory}", file=out)
     catalog = LocalCatalog(directory)
     try:
-        count_uid, fly_uid, rois = _acquire(
+        count_uid, fly_uid, map_uid, rois = _acquire(
             catalog, channels, points, frames, exposure, fly_exposure, progress, out
         )
         fly = catalog[fly_uid]["primary"]
@@ -117,6 +123,11 @@ def run_demo(
             ),
             plot_deadtime(dead, icr, ocr, output / "deadtime.png"),
         ]
+        xrf = read_map(catalog[map_uid])
+        title = f"Fly map of the phantom, {MAP_DWELL} s a pixel (dead-time corrected)"
+        plots.append(
+            plot_map(xrf.grid, xrf.rois, output / "map.png", title=title, dpi=150)
+        )
         print("", file=out)
         for p in plots:
             print(f"wrote {p}", file=out)
@@ -124,6 +135,7 @@ def run_demo(
         return DemoResult(
             count_uid=count_uid,
             fly_uid=fly_uid,
+            map_uid=map_uid,
             catalog_uri=catalog.uri,
             data_dir=catalog.data_dir,
             plots=plots,
@@ -143,9 +155,9 @@ def _acquire(
     fly_exposure: float,
     progress: bool,
     out: TextIO,
-) -> tuple[str, str, dict[str, Any]]:
-    """Simulator + detector: a count and a fly scan into ``catalog``; returns
-    their uids and the detector's ROIs (bins)."""
+) -> tuple[str, str, str, dict[str, Any]]:
+    """Simulator + detector: a count, a fly scan and a fly map into
+    ``catalog``; returns their uids and the detector's ROIs (bins)."""
     from bluesky import RunEngine
     from bluesky.plans import count
     from bluesky.utils import ProgressBarManager
@@ -177,7 +189,45 @@ def _acquire(
         count_uid = _uid(RE(count([xspress], points)))
         print(f"fly scan: {frames} frames of {fly_exposure} s", file=out)
         fly_uid = _uid(RE(fly_scan(xspress, frames, fly_exposure)))
-        return count_uid, fly_uid, dict(xspress.rois)
+        nx, ny = MAP_PIXELS
+        print(f"fly map: {nx} x {ny} pixels of {MAP_DWELL} s, the phantom", file=out)
+        map_uid = _fly_map(RE, sim, xspress)
+        return count_uid, fly_uid, map_uid, dict(xspress.rois)
+
+
+def _fly_map(RE: Any, sim: Any, xspress: Any) -> str:  # noqa: N803
+    """A fly map of the built-in phantom: the simulator's sample swapped for
+    it, two ``SimMotor`` s moving it, the simulated timing box triggering."""
+    import bluesky.plan_stubs as bps
+    from ophyd_async.core import init_devices
+    from ophyd_async.sim import SimMotor
+
+    from .maps import MotorBeam, SimPositionCompare, fly_map
+    from .sim import phantom
+
+    with init_devices():
+        x = SimMotor(instant=False)
+        y = SimMotor()
+    RE(bps.mv(x.acceleration_time, 0.05))
+    sim.control.frames.sample = phantom()
+    beam = MotorBeam(x, y)
+    sim.control.beam = beam
+    try:
+        with init_devices():
+            pcomp = SimPositionCompare(sim.control, beam)
+        nx, ny = MAP_PIXELS
+        plan = fly_map(
+            xspress,
+            x,
+            (-0.9, 0.9, nx),
+            y,
+            (-0.9, 0.9, ny),
+            dwell=MAP_DWELL,
+            pulses=pcomp,
+        )
+        return _uid(RE(plan))
+    finally:
+        beam.detach()
 
 
 def _channel_table(

@@ -4,6 +4,8 @@ Modules, from the physics up:
 
 * ``_lines``: the emission-line table (cited, checked against xraydb);
 * ``_spectrum``: detector response and sample model, the spectrum's shape;
+* ``_sample_map``: a sample with elements spread over an area (the built-in
+  :func:`phantom`), and the beam's path on it;
 * ``_processor``: rates, dead time, event sampling, the scalers of a frame;
 * ``_faults``: :class:`FaultPlan` and the pure packet -> messages injector;
 * ``_counters``: the hardware window counters served with ``ReturnCounters``;
@@ -30,6 +32,14 @@ if TYPE_CHECKING:
     from ._faults import FaultPlan
     from ._lines import ELEMENT_LINES, EmissionLine, emission_line, energy_window
     from ._processor import clock_ticks_for_exposure
+    from ._sample_map import (
+        PHANTOM_REGIONS,
+        BeamPath,
+        FixedBeam,
+        SampleMap,
+        path_times,
+        phantom,
+    )
     from ._simulator import XspressSimulator
     from ._spectrum import DEFAULT_SAMPLE, SampleModel, fwhm_ev, line_window
     from ._state import ArmLeftRunningError, DevState, SimulatorError, TriggerMode
@@ -47,6 +57,12 @@ _LAZY = {
     "emission_line": "._lines",
     "energy_window": "._lines",
     "clock_ticks_for_exposure": "._processor",
+    "PHANTOM_REGIONS": "._sample_map",
+    "BeamPath": "._sample_map",
+    "FixedBeam": "._sample_map",
+    "SampleMap": "._sample_map",
+    "path_times": "._sample_map",
+    "phantom": "._sample_map",
     "XspressSimulator": "._simulator",
     "DEFAULT_SAMPLE": "._spectrum",
     "SampleModel": "._spectrum",
@@ -64,11 +80,15 @@ __all__ = [
     "DEVICE_DEFAULTS",
     "ELEMENT_LINES",
     "FRAMES_RULE",
+    "PHANTOM_REGIONS",
     "ArmLeftRunningError",
+    "BeamPath",
     "DevState",
     "DeviceFileWriter",
     "EmissionLine",
     "FaultPlan",
+    "FixedBeam",
+    "SampleMap",
     "SampleModel",
     "SimulatedXspress3",
     "SimulatorError",
@@ -81,6 +101,8 @@ __all__ = [
     "energy_window",
     "fwhm_ev",
     "line_window",
+    "path_times",
+    "phantom",
 ]
 
 

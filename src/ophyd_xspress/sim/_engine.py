@@ -35,7 +35,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from .._constants import CLOCK_HZ, READOUT_TIME
+from .._constants import CLOCK_HZ, READOUT_TIME, SIM_MAX_CHANNELS
 from ..protocol import Frame, Framing, HeaderMessage
 from ._channels import ChannelSettings
 from ._counters import WindowCounters
@@ -43,6 +43,7 @@ from ._faults import FaultPlan
 from ._frames import FrameSource, SeriesSettings
 from ._processor import clock_ticks_for_exposure
 from ._publisher import DEFAULT_ENDPOINT, DEFAULT_SNDHWM, LiveView, StreamPublisher
+from ._sample_map import BeamPath, SampleMap
 from ._spectrum import DEFAULT_SAMPLE, SampleModel, line_window
 from ._state import (
     ArmLeftRunningError,
@@ -57,7 +58,7 @@ __all__ = ["DEVICE_DEFAULTS", "FRAMES_RULE", "DeviceDefaults", "SimulatedXspress
 
 log = logging.getLogger("ophyd_xspress.sim")
 
-MAX_CHANNELS: Final = 8
+MAX_CHANNELS: Final = SIM_MAX_CHANNELS
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class SimulatedXspress3:
         framing: Framing = "multipart",
         socket_type: str = "pub",
         live_endpoint: str | None = None,
-        sample: SampleModel = DEFAULT_SAMPLE,
+        sample: SampleModel | SampleMap = DEFAULT_SAMPLE,
         count_rate: float | Sequence[float] = 2.0e5,
         event_width: int | Sequence[int] = 6,
         seed: int = 0,
@@ -320,13 +321,15 @@ class SimulatedXspress3:
         if self._thread is not None and threading.current_thread() is not self._thread:
             self.device_state.wait_idle(timeout)
 
-    def ttl_rise(self) -> None:
-        """Rising edge on TTL input 1."""
-        self._commands.put(Cmd.TTL_RISE)
+    def ttl_rise(self, at: float | None = None) -> None:
+        """Rising edge on TTL input 1, now or at the ``time.monotonic()``
+        instant ``at`` (edges given ahead of time, as from a timing box,
+        happen then, in order)."""
+        self._commands.put(Cmd.TTL_RISE, at=at)
 
-    def ttl_fall(self) -> None:
-        """Falling edge on TTL input 1."""
-        self._commands.put(Cmd.TTL_FALL)
+    def ttl_fall(self, at: float | None = None) -> None:
+        """Falling edge on TTL input 1, now or at ``at`` (as :meth:`ttl_rise`)."""
+        self._commands.put(Cmd.TTL_FALL, at=at)
 
     def ttl_pulse(self, width: float = 1e-3) -> None:
         """A TTL pulse of ``width`` seconds (a gate in EXTERNAL_MULTI_GATE)."""
@@ -360,6 +363,20 @@ class SimulatedXspress3:
             event_widths=self.event_widths.copy(),
             windows=self.windows.copy(),
         )
+
+    # -- a sample map ---------------------------------------------------------------
+    @property
+    def beam(self) -> BeamPath:
+        """Where the beam is on a :class:`SampleMap` (``FrameSource.beam``)."""
+        return self.frames.beam
+
+    @beam.setter
+    def beam(self, value: BeamPath) -> None:
+        self.frames.beam = value
+
+    def beam_positions(self, series: int) -> npt.NDArray[np.float64]:
+        """See :meth:`FrameSource.beam_positions`."""
+        return self.frames.beam_positions(series)
 
     def expected_frame(
         self, series: int, frame: int, clock_ticks: int | None = None

@@ -19,6 +19,7 @@ from typing import Any
 from ..protocol import Framing
 from ._engine import SimulatedXspress3
 from ._faults import FaultPlan
+from ._sample_map import SampleMap
 from ._spectrum import DEFAULT_SAMPLE, SampleModel
 from ._tango import TangoServer
 
@@ -37,6 +38,12 @@ class XspressSimulator:
     every Arm writes the device's own HDF5 file at ``DestinationFileName``
     (``/tmp/temp.h5`` unless ``destination_file_name`` says otherwise); pass
     ``write_hdf5=False`` to start with it off.
+
+    ``sample`` is a :class:`SampleModel` (the same spectrum everywhere) or a
+    :class:`SampleMap` (elements spread over an area, e.g. :func:`phantom`):
+    then each frame sees where the beam was during its exposure
+    (``sim.control.beam``, e.g. following two motors:
+    :class:`ophyd_xspress.maps.MotorBeam`).
     """
 
     def __init__(
@@ -50,7 +57,7 @@ class XspressSimulator:
         tango_port: int = 0,
         device_name: str = "sim/xspress3/1",
         live_view: str | None = None,
-        sample: SampleModel = DEFAULT_SAMPLE,
+        sample: SampleModel | SampleMap = DEFAULT_SAMPLE,
         count_rate: float | Sequence[float] = 2.0e5,
         event_width: int | Sequence[int] = 6,
         seed: int = 0,

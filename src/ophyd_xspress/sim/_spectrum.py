@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final, cast, overload
+from typing import Final, Protocol, cast, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -413,7 +413,17 @@ DEFAULT_SAMPLE: Final = SampleModel(
 """A typical XRF sample at 12 keV: Ar (air), Ca, Mn, Fe, Cu, Zn K and Au L lines."""
 
 
-def line_window(sample: SampleModel, element: str, line: str) -> tuple[int, int]:
+class Binned(Protocol):
+    """A sample's binning: :class:`SampleModel` and ``SampleMap`` have it."""
+
+    @property
+    def calibration(self) -> Calibration: ...
+
+    @property
+    def bins(self) -> int: ...
+
+
+def line_window(sample: Binned, element: str, line: str) -> tuple[int, int]:
     """Inclusive bin window of +/- one FWHM around an emission line."""
     energy = emission_line(element, line).energy_ev
     half = fwhm_ev(energy)

@@ -88,38 +88,61 @@ class _RearmRequestedError(Exception):
 
 
 _Queued = tuple[Cmd, float, "SeriesPlan | None"]
+#: Trigger edges: what an acquisition waits for, each at the time it happens.
+_EDGES: Final = frozenset({Cmd.TRIGGER, Cmd.TTL_RISE, Cmd.TTL_FALL})
 
 
 class Commands:
     """The worker's command queue; each command carries the monotonic time it
-    was given (a trigger's time stamp starts its frames), an Arm its plan."""
+    was given (a trigger's time stamp starts its frames), an Arm its plan.
+
+    An edge may be given ahead of time (a timing box's pulse train): it
+    happens at its time stamp. One that comes out of the queue while the
+    worker waits for an earlier deadline is held until that deadline has
+    passed, never taken as an edge during the frame before it."""
 
     def __init__(self) -> None:
         self._queue: queue.Queue[_Queued] = queue.Queue()
+        self._held: deque[_Queued] = deque()
 
-    def put(self, cmd: Cmd, plan: SeriesPlan | None = None) -> None:
-        self._queue.put((cmd, time.monotonic(), plan))
+    def put(
+        self, cmd: Cmd, plan: SeriesPlan | None = None, at: float | None = None
+    ) -> None:
+        self._queue.put((cmd, time.monotonic() if at is None else at, plan))
 
     def get(self) -> tuple[Cmd, SeriesPlan | None]:
         """The next command, waiting as long as it takes (between series)."""
-        cmd, _, plan = self._queue.get()
+        cmd, _, plan = self._held.popleft() if self._held else self._queue.get()
         return cmd, plan
 
     def next(self, deadline: float | None) -> tuple[Cmd, float] | None:
         """Next command and its time before ``deadline`` (monotonic), None on
-        time-out; Stop, Close and Arm raise."""
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            cmd, stamp, plan = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if cmd is Cmd.STOP:
-            raise _StopRequestedError
-        if cmd is Cmd.CLOSE:
-            raise _CloseRequestedError
-        if cmd in (Cmd.ARM, Cmd.ARM_NO_SERIES):
-            raise _RearmRequestedError(cmd, plan)
-        return cmd, stamp
+        time-out; Stop, Close and Arm raise (and drop held edges)."""
+        while True:
+            if self._held and (deadline is None or self._held[0][1] <= deadline):
+                cmd, stamp, _ = self._held.popleft()
+                return cmd, stamp
+            timeout = (
+                None if deadline is None else max(0.0, deadline - time.monotonic())
+            )
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                return None
+            cmd, stamp, plan = item
+            if cmd in _EDGES:
+                if deadline is not None and stamp > deadline:
+                    self._held.append(item)  # it has not happened yet
+                    continue
+                return cmd, stamp
+            self._held.clear()
+            if cmd is Cmd.STOP:
+                raise _StopRequestedError
+            if cmd is Cmd.CLOSE:
+                raise _CloseRequestedError
+            if cmd in (Cmd.ARM, Cmd.ARM_NO_SERIES):
+                raise _RearmRequestedError(cmd, plan)
+            return cmd, stamp
 
     def sleep_until(self, deadline: float) -> None:
         """Wait for the deadline, serving commands (Stop raises) meanwhile; the
@@ -286,18 +309,26 @@ class Worker:
             n_triggers, per_trigger = n_triggers * per_trigger, 1
         want = Cmd.TRIGGER if series.mode is TriggerMode.SOFTWARE else Cmd.TTL_RISE
         number = 0
+        exptime = series.settings.exptime
         for _ in range(n_triggers):
             t0 = self._commands.wait_for(want)
             for k in range(per_trigger):
                 ticks: int | None = None
                 if gated:
                     t1 = self._commands.wait_for(Cmd.TTL_FALL)
+                    if t1 > time.monotonic():  # an edge given ahead of time
+                        self._commands.sleep_until(t1)
                     ticks = max(1, min(int((t1 - t0) * CLOCK_HZ), _UINT32_MAX))
+                    span = (t0, t1)
                 elif device.pace:
-                    self._commands.sleep_until(t0 + (k + 1) * series.exposure)
+                    start = t0 + k * series.exposure
+                    self._commands.sleep_until(start + series.exposure)
+                    span = (start, start + exptime)
                 else:
                     self._commands.next(time.monotonic())  # honour Stop at once
-                frame = device.frames.frame(series.settings, index, number, ticks)
+                    now = time.monotonic()
+                    span = (now, now)
+                frame = device.frames.frame(series.settings, index, number, ticks, span)
                 device.counters.add(frame, series.settings.windows)
                 injection = self._emit(frame, injector, plan)
                 number += 1
