@@ -32,7 +32,9 @@ RunEngine's thread, each costs an HTTP request per stream resource (measured
 RunEngine stalled for seconds. :class:`TimelyWriter` writes from a thread of
 its own and joins StreamDatum while they wait, at most :data:`MAX_DELAY`:
 ``catalog[uid]`` shows a fly scan's frames while it runs, and a crash loses
-about the last second.
+about the last second. Step scans' events go in batches of
+:data:`EVENT_ROWS` (:class:`RunWriters`): one event a write took ~1.2 s a
+point.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -52,9 +55,11 @@ if TYPE_CHECKING:
     from event_model import StreamDatum
 
 __all__ = [
+    "EVENT_ROWS",
     "MAX_DELAY",
     "LocalCatalog",
     "RemoteCatalog",
+    "RunWriters",
     "TimelyWriter",
     "default_directory",
 ]
@@ -63,6 +68,9 @@ log = logging.getLogger("ophyd_xspress.catalog")
 
 #: Seconds a StreamDatum waits at most before it is written to the catalog.
 MAX_DELAY: Final = 0.5
+#: Event rows a step scan's stream writes to the catalog at once (see
+#: :class:`RunWriters`).
+EVENT_ROWS: Final = 10
 
 
 def default_directory() -> Path:
@@ -75,9 +83,9 @@ class TimelyWriter:
     ``max_delay`` seconds, written off the RunEngine's thread.
 
     Documents are handed, in their order, to a thread of its own that passes
-    them to ``TiledWriter(client, batch_size=1, max_array_size=0)``: a write to
-    the catalog (an HTTP request per stream resource, ~20 per detector) never
-    holds up the RunEngine. StreamDatum are joined while they wait (consecutive
+    them to a :class:`RunWriters` (a ``TiledWriter`` per run): a write to the
+    catalog (an HTTP request per data key, ~20 per detector) never holds up
+    the RunEngine. StreamDatum are joined while they wait (consecutive
     ones of a stream resource, as ``TiledWriter`` would) and written once the
     first of them is ``max_delay`` old, or before any other document. The
     ``stop`` document is written before the RunEngine gets it back: a run is
@@ -97,7 +105,7 @@ class TimelyWriter:
         self.max_delay = max_delay
         #: How long ``stop`` and :meth:`flush` wait for the writes.
         self.timeout = timeout
-        self.writer = TiledWriter(client, batch_size=1, max_array_size=0)
+        self.writer = RunWriters(client, TiledWriter)
         self._cond = threading.Condition()
         self._queue: list[tuple[str, Any]] = []  # in order, ready to write
         self._pending: dict[str, StreamDatum] = {}  # joined, by stream resource
@@ -215,6 +223,64 @@ class TimelyWriter:
                 continue
             if name == "stream_datum":
                 self.writes += 1
+
+
+class RunWriters:
+    """Each run to a ``TiledWriter(client, batch_size, max_array_size=0)`` of
+    its own, with the batch size that run needs.
+
+    ``TiledWriter`` writes a stream's event rows once ``batch_size`` of them
+    wait, each write an HTTP request per array field (~20 for a detector,
+    ~60 ms each on the local server): one row at a time, a step scan's points
+    took ~1.2 s each to reach the catalog, and ``RE(count(...))`` waited for
+    them at its end. A run whose data are events gets :data:`EVENT_ROWS` rows
+    a write (they reach the catalog every few points, and at ``stop``). A run
+    with StreamDatum (fly scans, files) gets 1: ``TiledWriter`` would hold a
+    StreamDatum until the next came otherwise, and :class:`TimelyWriter`
+    joins them already. Which kind a run is shows in its first data (the
+    baseline's events say nothing): until then its documents are held, in
+    order. ``max_array_size=0``: every array field is an array node (with
+    tiled's default, small 2-D fields such as the ``(channels, rois)`` ROI
+    sums go to the SQL table, which cannot hold them).
+    """
+
+    def __init__(self, client: Any, make: Callable[..., Any]) -> None:
+        self._client = client
+        self._make = make
+        self._writer: Any = None
+        self._held: list[tuple[str, Any]] = []
+        #: descriptor uid -> "baseline", "events" (inline data) or "files"
+        self._kinds: dict[str, str] = {}
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        if name == "start":
+            self._writer, self._held, self._kinds = None, [], {}
+        if self._writer is None:
+            rows = self._rows_for(name, doc)
+            if rows is None:
+                self._held.append((name, doc))
+                return
+            self._writer = self._make(self._client, batch_size=rows, max_array_size=0)
+            held, self._held = self._held, []
+            for held_name, held_doc in held:
+                self._writer(held_name, held_doc)
+        self._writer(name, doc)
+
+    def _rows_for(self, name: str, doc: dict[str, Any]) -> int | None:
+        """The run's batch size, once ``doc`` shows it; None: not yet."""
+        if name == "start":
+            return None
+        if name == "descriptor":
+            external = any("external" in k for k in doc["data_keys"].values())
+            kind = "files" if external else "events"
+            if doc.get("name") == "baseline":
+                kind = "baseline"
+            self._kinds[doc["uid"]] = kind
+            return None
+        if name in ("event", "event_page"):
+            kind = self._kinds.get(doc.get("descriptor", ""), "events")
+            return {"baseline": None, "events": EVENT_ROWS}.get(kind, 1)
+        return 1  # stream_resource, stream_datum, resource, datum, stop
 
 
 class LocalCatalog(RunsMixin):
