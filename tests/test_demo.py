@@ -46,7 +46,7 @@ def test_demo_command_writes_table_uids_and_plots(tmp_path: Path) -> None:
     table = [r for r in rows if len(r) == 8]
     assert [int(r[0]) for r in table] == [0, 1, 2, 3]
     assert all(0 < float(r[5]) < 60 for r in table), table
-    assert "fly map: 12 x 6 pixels" in out
+    assert "fly map: 16 x 8 pixels" in out
     for name in ("spectra.png", "deadtime.png", "map.png"):
         path = tmp_path / "plots" / name
         assert path.stat().st_size > 20_000, f"{name} is suspiciously small"

@@ -4,7 +4,9 @@
 Tango device, a RunEngine writing to a local tiled catalog, runs a step scan
 (``count``), a short fly scan with a progress bar and a small fly map of the
 simulator's phantom sample, reads the runs back from the catalog, prints a
-per-channel table and writes three PNG plots (spectra, dead time, the map).
+per-channel table and writes three PNG plots (spectra, dead time, the map:
+drawn by a :class:`~ophyd_xspress.maps.LiveMap` from the map's documents, the
+same images ``read_map`` gives from the catalog, without reading them back).
 """
 
 from __future__ import annotations
@@ -42,8 +44,14 @@ DEMO_LINES = {
     )
 } | {"elastic": DEFAULT_SAMPLE.incident_energy_ev}
 #: The demo's fly map of the phantom: pixels along x and y, seconds a pixel.
-MAP_PIXELS = (12, 6)
-MAP_DWELL = 0.01
+#: The map's cost is mostly the catalog's (an HTTP request per data key and
+#: round of writes, ~6 s of the demo whatever the rows); each row adds ~0.3 s.
+MAP_PIXELS = (16, 8)
+MAP_DWELL = 0.005
+#: The fast motor's acceleration time and run-up (s): short, so that a row is
+#: mostly flight (the kickoffs before the first pixel take a few ms).
+MAP_ACCELERATION = 0.02
+MAP_RUN_UP = 0.1
 
 
 @dataclass
@@ -91,7 +99,7 @@ def run_demo(
     out: TextIO = sys.stdout,
 ) -> DemoResult:
     from .catalog import LocalCatalog, default_directory
-    from .maps import plot_map, read_map
+    from .maps import plot_map
     from .plots import plot_deadtime, plot_spectra
 
     t0 = time.monotonic()
@@ -101,7 +109,7 @@ def run_demo(
     print(f"catalog and data under {directory}", file=out)
     catalog = LocalCatalog(directory)
     try:
-        count_uid, fly_uid, map_uid, rois = _acquire(
+        count_uid, fly_uid, (map_uid, live), rois = _acquire(
             catalog, channels, points, frames, exposure, fly_exposure, progress, out
         )
         fly = catalog[fly_uid]["primary"]
@@ -123,10 +131,10 @@ def run_demo(
             ),
             plot_deadtime(dead, icr, ocr, output / "deadtime.png"),
         ]
-        xrf = read_map(catalog[map_uid])
         title = f"Fly map of the phantom, {MAP_DWELL} s a pixel (dead-time corrected)"
+        images = live.images.as_dict()
         plots.append(
-            plot_map(xrf.grid, xrf.rois, output / "map.png", title=title, dpi=150)
+            plot_map(live.grid, images, output / "map.png", title=title, dpi=120)
         )
         print("", file=out)
         for p in plots:
@@ -155,9 +163,10 @@ def _acquire(
     fly_exposure: float,
     progress: bool,
     out: TextIO,
-) -> tuple[str, str, str, dict[str, Any]]:
+) -> tuple[str, str, tuple[str, Any], dict[str, Any]]:
     """Simulator + detector: a count, a fly scan and a fly map into
-    ``catalog``; returns their uids and the detector's ROIs (bins)."""
+    ``catalog``; returns their uids (the map's with its live map) and the
+    detector's ROIs (bins)."""
     from bluesky import RunEngine
     from bluesky.plans import count
     from bluesky.utils import ProgressBarManager
@@ -191,24 +200,25 @@ def _acquire(
         fly_uid = _uid(RE(fly_scan(xspress, frames, fly_exposure)))
         nx, ny = MAP_PIXELS
         print(f"fly map: {nx} x {ny} pixels of {MAP_DWELL} s, the phantom", file=out)
-        map_uid = _fly_map(RE, sim, xspress)
-        return count_uid, fly_uid, map_uid, dict(xspress.rois)
+        fly_map = _fly_map(RE, sim, xspress)
+        return count_uid, fly_uid, fly_map, dict(xspress.rois)
 
 
-def _fly_map(RE: Any, sim: Any, xspress: Any) -> str:  # noqa: N803
+def _fly_map(RE: Any, sim: Any, xspress: Any) -> tuple[str, Any]:  # noqa: N803
     """A fly map of the built-in phantom: the simulator's sample swapped for
-    it, two ``SimMotor`` s moving it, the simulated timing box triggering."""
+    it, two ``SimMotor`` s moving it, the simulated timing box triggering;
+    its uid and the :class:`~ophyd_xspress.maps.LiveMap` that drew it."""
     import bluesky.plan_stubs as bps
     from ophyd_async.core import init_devices
     from ophyd_async.sim import SimMotor
 
-    from .maps import MotorBeam, SimPositionCompare, fly_map
+    from .maps import LiveMap, MotorBeam, SimPositionCompare, fly_map
     from .sim import phantom
 
     with init_devices():
         x = SimMotor(instant=False)
         y = SimMotor()
-    RE(bps.mv(x.acceleration_time, 0.05))
+    RE(bps.mv(x.acceleration_time, MAP_ACCELERATION))
     sim.control.frames.sample = phantom()
     beam = MotorBeam(x, y)
     sim.control.beam = beam
@@ -224,8 +234,10 @@ def _fly_map(RE: Any, sim: Any, xspress: Any) -> str:  # noqa: N803
             (-0.9, 0.9, ny),
             dwell=MAP_DWELL,
             pulses=pcomp,
+            run_up=MAP_RUN_UP,
         )
-        return _uid(RE(plan))
+        live = LiveMap(show=False)
+        return _uid(RE(plan, live)), live
     finally:
         beam.detach()
 

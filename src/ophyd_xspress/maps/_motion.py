@@ -1,20 +1,24 @@
 """Where the motors are at any instant: the beam on the simulator's sample.
 
-An ophyd-async motor reports its position as readback updates (``SimMotor``
-at 10 Hz while it moves); a frame of a fly map lasts milliseconds.
-:class:`MotorTracker` keeps the recent updates (with the time each came,
-``time.monotonic()``) and the motor's setpoint and velocity, and answers
-``position(t)`` for any instant:
-
-* between two updates the motor stood at the first and then moved to the
-  second at its velocity, arriving when the second came (a motor moving at a
-  constant velocity is interpolated exactly; an instant move, velocity 0, is
-  a step at the update);
-* after the last update it moves on towards its setpoint at its velocity and
-  stops there (an encoder read between readback updates).
+A fly map's frames last milliseconds; an ophyd-async motor's readback
+updates come far less often (``SimMotor``: 10 Hz while it moves) and each
+comes late by however long its event loop was busy, so positions read off
+them wander by that jitter times the speed (half a pixel for a few ms on a
+loaded machine). A timing box at a beamline reads the encoder instead.
+:class:`MotorTracker` is that encoder for the simulator: it knows each move
+from the moment its setpoint changes (``time.monotonic()``), where it began
+and the motor's velocity and acceleration time then, and answers
+``position(t)`` and ``time_at(position)`` from the move's profile
+(:class:`Move`: the trapezoid a ``SimMotor`` follows, accelerate, cruise,
+decelerate; a triangle when the move is too short to reach the velocity; a
+jump for an instant motor, velocity 0). At rest the motor is where its last
+readback says: a move begins there.
 
 :class:`MotorBeam` pairs two trackers into the simulator's
 :class:`~ophyd_xspress.sim.BeamPath`: ``sim.control.beam = MotorBeam(x, y)``.
+The simulator makes each frame, and the timing box times its pulses and
+reads each frame's position, from the same profiles: the positions recorded
+are where the frames were, whatever the machine's load.
 Both are thread-safe (updates come in the RunEngine's event loop, the
 simulator asks from its worker thread).
 """
@@ -32,16 +36,10 @@ from typing import Any, Final, Protocol
 
 from bluesky.protocols import Reading
 
-__all__ = [
-    "MotorBeam",
-    "MotorTracker",
-    "TrackedMotor",
-    "in_bluesky_loop",
-    "wait_for_update",
-]
+__all__ = ["MotorBeam", "MotorTracker", "Move", "TrackedMotor", "in_bluesky_loop"]
 
-#: Readback updates kept per motor (6 s of a 10 Hz SimMotor move).
-KEPT_UPDATES: Final = 64
+#: Moves kept per motor (those a frame may still ask about).
+KEPT_MOVES: Final = 64
 
 
 class _Subscribable(Protocol):
@@ -55,7 +53,9 @@ class _Subscribable(Protocol):
 
 
 class TrackedMotor(Protocol):
-    """What a tracker reads: the signals every ophyd-async motor has."""
+    """What a tracker reads: the signals every ophyd-async motor has (and
+    ``acceleration_time`` when it has one: without, it starts and stops at
+    full speed)."""
 
     @property
     def name(self) -> str: ...
@@ -71,10 +71,68 @@ class TrackedMotor(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class _Update:
-    t: float
-    position: float
+class Move:
+    """A move from ``start`` to ``target`` begun at ``t0`` (monotonic s), at
+    ``velocity`` (units/s, 0: instant) reached in ``acceleration_time`` s, as
+    ``ophyd_async.sim.SimMotor`` moves."""
+
+    t0: float
+    start: float
+    target: float
     velocity: float
+    acceleration_time: float
+
+    @property
+    def _distance(self) -> float:
+        return abs(self.target - self.start)
+
+    def _profile(self) -> tuple[float, float, float]:
+        """Peak velocity, ramp time, duration (0 for a jump)."""
+        distance, v, a = self._distance, self.velocity, self.acceleration_time
+        if v <= 0.0 or distance == 0.0:
+            return 0.0, 0.0, 0.0
+        if a * v >= distance:  # the two ramps cover it: a triangle
+            peak = math.sqrt(distance * v / a)
+            return peak, distance / peak, 2 * distance / peak
+        return v, a, a + distance / v
+
+    @property
+    def end(self) -> float:
+        """When the motor arrives."""
+        return self.t0 + self._profile()[2]
+
+    def position(self, t: float) -> float:
+        """Where the move has the motor at ``t`` (``start`` before it began,
+        ``target`` once done)."""
+        peak, ramp, duration = self._profile()
+        s = t - self.t0
+        if s < 0.0:
+            return self.start
+        if s >= duration:
+            return self.target
+        if s < ramp:
+            covered = peak * s * s / (2 * ramp)
+        elif s > duration - ramp:
+            left = duration - s
+            covered = self._distance - peak * left * left / (2 * ramp)
+        else:
+            covered = peak * (s - ramp / 2)
+        return self.start + math.copysign(covered, self.target - self.start)
+
+    def time_at(self, position: float) -> float:
+        """When the move passes ``position`` (``inf`` if it does not)."""
+        peak, ramp, duration = self._profile()
+        covered = (position - self.start) * math.copysign(1.0, self.target - self.start)
+        if duration == 0.0 or not 0.0 <= covered <= self._distance:
+            return math.inf
+        ramp_distance = peak * ramp / 2
+        if covered < ramp_distance:
+            s = math.sqrt(2 * covered * ramp / peak)
+        elif covered > self._distance - ramp_distance:
+            s = duration - math.sqrt(2 * (self._distance - covered) * ramp / peak)
+        else:
+            s = covered / peak + ramp / 2
+        return self.t0 + s
 
 
 def in_bluesky_loop(function: Callable[[], None]) -> None:
@@ -94,13 +152,15 @@ def in_bluesky_loop(function: Callable[[], None]) -> None:
 
 
 class MotorTracker:
-    """A motor's position at any instant, from its readback updates."""
+    """A motor's position at any instant, from its moves (see the module)."""
 
     def __init__(self, motor: TrackedMotor) -> None:
         self.motor = motor
         self._lock = threading.Lock()
-        self._updates: deque[_Update] = deque(maxlen=KEPT_UPDATES)
+        self._moves: deque[Move] = deque(maxlen=KEPT_MOVES)
+        self._rest = math.nan  # the latest readback
         self._velocity = 0.0
+        self._acceleration_time = 0.0
         self._setpoint = math.nan
         self._subscriptions: list[tuple[_Subscribable, Callable[..., None]]] = []
 
@@ -110,15 +170,20 @@ class MotorTracker:
 
     # -- subscriptions -----------------------------------------------------------------
     def attach(self) -> None:
-        """Follow the motor's readback, setpoint and velocity (in the
-        RunEngine's loop: see :func:`in_bluesky_loop`)."""
+        """Follow the motor's readback, setpoint, velocity and acceleration
+        time (in the RunEngine's loop: see :func:`in_bluesky_loop`)."""
+        acceleration: _Subscribable | None = getattr(
+            self.motor, "acceleration_time", None
+        )
         for signal, handler in (
             (self.motor.velocity, self._on_velocity),
-            (self.motor.user_setpoint, self._on_setpoint),
+            (acceleration, self._on_acceleration_time),
             (self.motor.user_readback, self._on_readback),
+            (self.motor.user_setpoint, self._on_setpoint),
         ):
-            signal.subscribe_reading(handler)
-            self._subscriptions.append((signal, handler))
+            if signal is not None:
+                signal.subscribe_reading(handler)
+                self._subscriptions.append((signal, handler))
 
     def detach(self) -> None:
         """Stop following the motor."""
@@ -127,36 +192,37 @@ class MotorTracker:
         self._subscriptions.clear()
 
     def _on_readback(self, reading: dict[str, Reading]) -> None:
-        value = float(_value(reading))
         with self._lock:
-            self._updates.append(_Update(time.monotonic(), value, self._velocity))
+            self._rest = float(_value(reading))
 
     def _on_setpoint(self, reading: dict[str, Reading]) -> None:
         value = float(_value(reading))
         now = time.monotonic()
         with self._lock:
-            # a move begins: the motor is where it was, now (its first
-            # readback update comes only after a while)
-            if self._updates and value != self._setpoint:
-                here = self._position(now)
-                self._updates.append(_Update(now, here, self._velocity))
+            if not math.isnan(self._setpoint) and value != self._setpoint:
+                # a move begins, from where the motor is: mid-move where the
+                # profile has it, at rest where its readback says
+                moving = bool(self._moves) and now < self._moves[-1].end
+                start = self._position(now) if moving else self._rest
+                self._moves.append(
+                    Move(now, start, value, self._velocity, self._acceleration_time)
+                )
             self._setpoint = value
 
     def _on_velocity(self, reading: dict[str, Reading]) -> None:
         with self._lock:
             self._velocity = abs(float(_value(reading)))
 
+    def _on_acceleration_time(self, reading: dict[str, Reading]) -> None:
+        with self._lock:
+            self._acceleration_time = abs(float(_value(reading)))
+
     # -- where it is -------------------------------------------------------------------
     def position(self, t: float) -> float:
         """The position at the ``time.monotonic()`` instant ``t`` (NaN before
-        the first update)."""
+        the first readback and move)."""
         with self._lock:
             return self._position(t)
-
-    def latest_update(self) -> float:
-        """When the last readback update came (``-inf`` before any)."""
-        with self._lock:
-            return self._updates[-1].t if self._updates else -math.inf
 
     def velocity(self) -> float:
         """The motor's velocity (units/s, >= 0; 0 for an instant motor)."""
@@ -164,50 +230,17 @@ class MotorTracker:
             return self._velocity
 
     def time_at(self, position: float) -> float:
-        """When the motor, moving on from its last update at its velocity
-        towards its setpoint, passes ``position`` (``inf`` if it never does)."""
+        """When the motor's latest move passes ``position`` (``inf`` if it
+        does not: no move, an instant one, or not on its way)."""
         with self._lock:
-            if not self._updates or self._velocity <= 0.0:
-                return math.inf
-            last = self._updates[-1]
-            direction = math.copysign(1.0, self._setpoint - last.position)
-            ahead = (position - last.position) * direction
-            if ahead > abs(self._setpoint - last.position):
-                return math.inf
-            return last.t + ahead / self._velocity
+            return self._moves[-1].time_at(position) if self._moves else math.inf
 
     def _position(self, t: float) -> float:
-        updates = self._updates
-        if not updates:
-            return math.nan
-        last = updates[-1]
-        if t >= last.t:
-            return _towards(last.position, self._setpoint, self._velocity, t - last.t)
-        for i in range(len(updates) - 1, 0, -1):
-            before, after = updates[i - 1], updates[i]
-            if before.t <= t:
-                return _between(before, after, t)
-        return updates[0].position
-
-
-def _between(before: _Update, after: _Update, t: float) -> float:
-    """Between two updates the motor stood at the first until it had to
-    leave, at its velocity, to reach the second when that came (an instant
-    move, velocity 0, jumps when it came)."""
-    if after.velocity <= 0.0:
-        return before.position
-    gap = after.position - before.position
-    covered = max(0.0, abs(gap) - after.velocity * (after.t - t))
-    return before.position + math.copysign(covered, gap)
-
-
-def _towards(start: float, target: float, velocity: float, dt: float) -> float:
-    """From ``start`` towards ``target`` at ``velocity`` for ``dt``, never past
-    it (nowhere without a target)."""
-    if math.isnan(target) or target == start:
-        return start
-    gap = target - start
-    return start + math.copysign(min(abs(gap), velocity * dt), gap)
+        for move in reversed(self._moves):
+            if move.t0 <= t:
+                return move.position(t)
+        # before the moves kept: where the first began, else the readback
+        return self._moves[0].start if self._moves else self._rest
 
 
 def _value(reading: dict[str, Reading]) -> Any:
@@ -242,16 +275,3 @@ class MotorBeam:
 
     def position(self, t: float) -> tuple[float, float]:
         return self.x.position(t), self.y.position(t)
-
-
-async def wait_for_update(tracker: MotorTracker, after: float, timeout: float) -> None:
-    """Wait (polling every ms) for a readback update that came after
-    ``after``; ``TimeoutError`` naming the motor after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while tracker.latest_update() <= after:
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"{tracker.name}: no readback update for {timeout} s while flying "
-                "(is it moving? the readback must update during the move)"
-            )
-        await asyncio.sleep(0.001)

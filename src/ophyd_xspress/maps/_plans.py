@@ -40,8 +40,8 @@ __all__ = ["FRAME_GAP", "fly_map", "map_grid", "step_map"]
 #: Dead time left between the frames of a fly map (s): each pixel's frame
 #: lasts ``dwell - FRAME_GAP``.
 FRAME_GAP: Final = 1e-4
-#: Seconds of flight at full speed before a row's first pixel: the timing box
-#: needs a readback update taken at speed (10 Hz on a SimMotor).
+#: Seconds of flight at full speed before a row's first pixel: the detector's
+#: kickoff and the timing box's are done in them.
 RUN_UP: Final = 0.15
 
 

@@ -4,14 +4,15 @@ At a beamline a fly map's detector frames are started by hardware that
 watches the motor's encoder (a PandA's position compare and pulse generator,
 a Zebra) and that captures the encoder at each frame. :class:`SimPositionCompare`
 does that job for the simulator: armed with a row (:class:`RowPulses`), it
-finds when the fast motor will cross the row's first pixel edge, gives the
-simulated Xspress3 one rising edge per pixel from then on, a pixel's flight
-time apart (``ttl_rise(at=...)``: the edges are timed exactly, as hardware
-would), and once the row is done reads where the beam was during each frame
-(the mean of the same :class:`~._motion.MotorBeam` the simulator looks at) into
-its ``x`` and ``y`` signals: the positions of every frame of the map so far,
-in frame order (NaN for frames to come), read once into the map's positions
-stream at its end.
+finds when the fast motor will cross the row's first pixel edge (from its
+move's profile, as an encoder would tell: :class:`~._motion.MotorTracker`),
+gives the simulated Xspress3 one rising edge per pixel from then on, a
+pixel's flight time apart (``ttl_rise(at=...)``: the edges are timed exactly,
+as hardware would), and once the row is done reads where the beam was during
+each frame (the mean of the same :class:`~._motion.MotorBeam` the simulator
+looks at) into its ``x`` and ``y`` signals: the positions of every frame of
+the map so far, in frame order (NaN for frames to come), read once into the
+map's positions stream at its end.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ophyd_async.core import (
 )
 
 from ..sim import path_times
-from ._motion import MotorBeam, wait_for_update
+from ._motion import MotorBeam
 
 if TYPE_CHECKING:
     from ..sim import SimulatedXspress3
@@ -111,13 +112,11 @@ class SimPositionCompare(StandardReadable, Preparable, Flyable):
 
     @AsyncStatus.wrap
     async def kickoff(self) -> None:
-        """Set the row's pulses (the fast motor must be flying at its speed)."""
+        """Set the row's pulses (the fast motor's move over the row begun)."""
         row = self._row
         if row is None:
             raise RuntimeError(f"{self.name}: kickoff before prepare")
         tracker = self._beam.x
-        # a readback update taken at full speed: the motor's kickoff returned
-        await wait_for_update(tracker, time.monotonic(), timeout=1.0)
         first = tracker.time_at(row.first_edge)
         now = time.monotonic()
         if not math.isfinite(first) or first < now + MIN_LEAD:

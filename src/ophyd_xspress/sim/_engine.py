@@ -43,7 +43,7 @@ from ._faults import FaultPlan
 from ._frames import FrameSource, SeriesSettings
 from ._processor import clock_ticks_for_exposure
 from ._publisher import DEFAULT_ENDPOINT, DEFAULT_SNDHWM, LiveView, StreamPublisher
-from ._sample_map import BeamPath, SampleMap
+from ._sample_map import BeamControls, SampleMap
 from ._spectrum import DEFAULT_SAMPLE, SampleModel, line_window
 from ._state import (
     ArmLeftRunningError,
@@ -89,7 +89,7 @@ def _per_channel(value: float | Sequence[float] | npt.ArrayLike, n: int) -> Any:
     return arr.copy()
 
 
-class SimulatedXspress3:
+class SimulatedXspress3(BeamControls):
     """A simulated Xspress3 box: control object plus ZeroMQ stream.
 
     >>> with SimulatedXspress3(channels=4) as det:
@@ -363,20 +363,6 @@ class SimulatedXspress3:
             event_widths=self.event_widths.copy(),
             windows=self.windows.copy(),
         )
-
-    # -- a sample map ---------------------------------------------------------------
-    @property
-    def beam(self) -> BeamPath:
-        """Where the beam is on a :class:`SampleMap` (``FrameSource.beam``)."""
-        return self.frames.beam
-
-    @beam.setter
-    def beam(self, value: BeamPath) -> None:
-        self.frames.beam = value
-
-    def beam_positions(self, series: int) -> npt.NDArray[np.float64]:
-        """See :meth:`FrameSource.beam_positions`."""
-        return self.frames.beam_positions(series)
 
     def expected_frame(
         self, series: int, frame: int, clock_ticks: int | None = None

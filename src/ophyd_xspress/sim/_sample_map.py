@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -31,8 +31,12 @@ from ..protocol import Calibration
 from ._lines import excited_lines, lines_of
 from ._spectrum import PreparedShape, SampleModel, prepare_shape
 
+if TYPE_CHECKING:
+    from ._frames import FrameSource
+
 __all__ = [
     "PATH_SAMPLES",
+    "BeamControls",
     "BeamPath",
     "FixedBeam",
     "SampleMap",
@@ -61,6 +65,27 @@ class FixedBeam:
 
     def position(self, t: float) -> tuple[float, float]:
         return self.x, self.y
+
+
+class BeamControls:
+    """The simulator's face to a sample map (mixed into
+    :class:`~._engine.SimulatedXspress3`, which owns ``frames``): where the
+    beam is, and where each frame of a series saw it."""
+
+    frames: FrameSource
+
+    @property
+    def beam(self) -> BeamPath:
+        """Where the beam is on a :class:`SampleMap` (``FrameSource.beam``)."""
+        return self.frames.beam
+
+    @beam.setter
+    def beam(self, value: BeamPath) -> None:
+        self.frames.beam = value
+
+    def beam_positions(self, series: int) -> NDArray[np.float64]:
+        """See :meth:`~._frames.FrameSource.beam_positions`."""
+        return self.frames.beam_positions(series)
 
 
 def path_times(start: float, stop: float) -> NDArray[np.float64]:
