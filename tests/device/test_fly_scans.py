@@ -287,7 +287,7 @@ def test_two_fly_scans_in_a_row_use_two_files(RE, sim, xspress, docs, fly):
 _READER = r"""
 import glob, json, os, sys, time
 import h5py
-import hdf5plugin  # the spectra are bitshuffle/LZ4-compressed by default
+import hdf5plugin  # the spectra are Blosc-compressed by default
 folder, n, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 print("ready", flush=True)  # imports done: start the scan
 deadline = time.monotonic() + timeout

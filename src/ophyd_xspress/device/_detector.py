@@ -105,12 +105,12 @@ class XspressDetector(StandardDetector):
     (one pair for all channels, or one per channel: each channel's ROIs through
     its own); ``bin_rois`` takes bin windows (inclusive) instead.
 
-    The HDF5 file: ``compression`` of the spectra, ``"bslz4"`` (default:
-    bitshuffle + LZ4, as Eiger and Odin files, about 15x smaller on
-    fluorescence spectra and fast enough to lose no frame, see
-    docs/benchmarks.md), ``"blosc"``, ``"gzip"`` (these three readable by
+    The HDF5 file: ``compression`` of the spectra, ``"blosc"`` (default:
+    Blosc LZ4 with bit shuffle, as Odin writes, ~17x smaller on fluorescence
+    spectra and the fastest codec, see docs/benchmarks.md), ``"bslz4"``
+    (bitshuffle + LZ4, as Eiger writes), ``"gzip"`` (these three readable by
     h5py once ``hdf5plugin`` is imported; tiled, silx and PyMca do), or
-    ``None`` (the fastest, and readable by any HDF5 program);
+    ``None`` (the least CPU, and readable by any HDF5 program);
     ``chunk_frames``: frames per chunk of the spectra (default: about 1 MiB);
     ``summed_spectrum=True`` adds the dead-time corrected sum over channels to
     the file and to step-scan events.
