@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -30,6 +31,11 @@ FUZZ = settings(
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    # The same 300 examples each run, so that CI is reproducible: once in a
+    # dozen full-suite runs, hypothesis 6.170 stopped a passing example with
+    # FlakyStrategyDefinition (generation differing from its own replay).
+    # XSPRESS_FUZZ_RANDOM=1 draws new examples every run.
+    derandomize=not os.environ.get("XSPRESS_FUZZ_RANDOM"),
 )
 pytestmark = pytest.mark.timeout(120)
 
