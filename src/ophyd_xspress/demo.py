@@ -49,9 +49,10 @@ DEMO_LINES = {
 MAP_PIXELS = (16, 8)
 MAP_DWELL = 0.005
 #: The fast motor's acceleration time and run-up (s): short, so that a row is
-#: mostly flight (the kickoffs before the first pixel take a few ms).
+#: mostly flight; the run-up leaves the plan's kickoffs 0.3 s before the first
+#: pixel (0.1 s was once too little in CI, with the test suite beside it).
 MAP_ACCELERATION = 0.02
-MAP_RUN_UP = 0.1
+MAP_RUN_UP = 0.3
 
 
 @dataclass
