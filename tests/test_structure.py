@@ -41,10 +41,10 @@ ALLOWED = {
     "transport": {"protocol", "transport", "_constants"},
     "hdf5": {"protocol", "transport", "hdf5", "_constants", "_schema"},
     "device": {"protocol", "transport", "hdf5", "device", "_constants", "_schema"},
-    "sim": {"protocol", "sim", "_constants"},
+    "sim": {"protocol", "sim", "_constants", "_lazy"},
     "tools": {"protocol", "transport", "tools", "_constants"},
-    "maps": {"protocol", "sim", "maps", "_constants", "_schema"},
-    "dranspose": {"protocol", "maps", "dranspose", "_constants"},
+    "maps": {"protocol", "sim", "maps", "_constants", "_schema", "_lazy"},
+    "dranspose": {"protocol", "maps", "dranspose", "_constants", "_lazy"},
 }
 
 
