@@ -63,6 +63,26 @@ def test_frames_outside_the_map_are_refused() -> None:
         MapGrid(nx=1, ny=1, x=(0.0, 1.0), y=(0.0, 1.0), kind="spiral")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"x": (1.0, 1.0)}, r"x: 3 pixels from 1\.0 to 1\.0 have no width"),
+        ({"y": (0.0, float("nan"))}, r"y from 0\.0 to nan: not finite"),
+        ({"dwell": 0.0}, r"dwell must be a positive time in s, got 0\.0"),
+        ({"dwell": float("nan")}, r"dwell must be a positive time in s, got nan"),
+    ],
+)
+def test_rasters_that_cannot_be_flown_are_refused(
+    kwargs: dict[str, object], message: str
+) -> None:
+    """A raster with no width would fly at zero speed (a division by zero
+    deep in the plan); say which axis instead."""
+    options: dict[str, object] = {"nx": 3, "ny": 2, "x": (0.0, 2.0), "y": (0.0, 1.0)}
+    options.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        MapGrid(**options)  # type: ignore[arg-type]
+
+
 def test_the_start_document_entry_round_trips_through_json() -> None:
     grid = MapGrid(
         nx=4,

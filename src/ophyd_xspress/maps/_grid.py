@@ -16,6 +16,7 @@ The start document of a map run carries :meth:`MapGrid.to_metadata` under
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -65,6 +66,18 @@ class MapGrid:
             raise ValueError(f"a map needs nx, ny >= 1, got {self.nx} x {self.ny}")
         if self.kind not in ("fly", "step"):
             raise ValueError(f"kind must be 'fly' or 'step', got {self.kind!r}")
+        for axis, (first, last), n in (("x", self.x, self.nx), ("y", self.y, self.ny)):
+            if not (math.isfinite(first) and math.isfinite(last)):
+                raise ValueError(f"{axis} from {first} to {last}: not finite")
+            if n > 1 and first == last:
+                raise ValueError(
+                    f"{axis}: {n} pixels from {first} to {last} have no width "
+                    "(first and last pixel centres must differ)"
+                )
+        if self.dwell is not None and not (
+            math.isfinite(self.dwell) and self.dwell > 0
+        ):
+            raise ValueError(f"dwell must be a positive time in s, got {self.dwell}")
 
     # -- geometry ---------------------------------------------------------------------
     @property

@@ -172,7 +172,7 @@ def fly_map(
     >>> RE(fly_map(xspress, x, (-1, 1, 30), y, (-1, 1, 20), dwell=0.01,
     ...            pulses=pcomp))
     """
-    if dwell <= 2 * FRAME_GAP:
+    if not dwell > 2 * FRAME_GAP:  # NaN too
         raise ValueError(f"dwell must be > {2 * FRAME_GAP} s, got {dwell}")
     grid = map_grid(
         detector,
@@ -248,9 +248,12 @@ def _fly_row(
         first, dwell, grid.nx, dwell - FRAME_GAP, row * grid.nx, grid.frames
     )
     yield from bps.prepare(pulses, row_pulses, wait=True)
-    yield from bps.kickoff(x_motor, wait=True)
+    # The detector waits for its triggers before the motor moves (its kickoff
+    # is the slow one); the timing box is set as soon as the move has begun,
+    # within the run-up, however loaded the machine.
     yield from bps.mv(detector.events_to_kickoff, grid.nx)
     yield from bps.kickoff(detector, wait=True)
+    yield from bps.kickoff(x_motor, wait=True)
     yield from bps.kickoff(pulses, wait=True)
     group = f"xrf_map_row_{row}"
     yield from bps.complete(pulses, group=group)
