@@ -82,19 +82,34 @@ class MapParameters:
 
     @classmethod
     def parse(cls, parameters: Mapping[str, Any] | None) -> MapParameters:
-        rois = json.loads(_value(parameters, "rois") or "{}")
+        rois = _json(parameters, "rois")
         if not isinstance(rois, dict):
             raise ValueError(f"rois must be a JSON object, got {rois!r}")
-        ny, nx = (int(v) for v in json.loads(_value(parameters, "map_shape")))
+        shape = _json(parameters, "map_shape")
+        if (
+            not isinstance(shape, list)
+            or len(shape) != 2
+            or not all(isinstance(v, int) and v >= 1 for v in shape)
+        ):
+            raise ValueError(f"map_shape must be [ny, nx], both >= 1, got {shape!r}")
         snake = _value(parameters, "snake")
         return cls(
             stream=str(_value(parameters, "xspress_stream")),
             roi_names=tuple(rois),
             windows=_windows(list(rois.values())),
-            shape=(ny, nx),
+            shape=(shape[0], shape[1]),
             snake=snake if isinstance(snake, bool) else str(snake) == "True",
             output=str(_value(parameters, "output")),
         )
+
+
+def _json(parameters: Mapping[str, Any] | None, name: str) -> Any:
+    """A JSON parameter, parsed; a ValueError that names it when it is not JSON."""
+    text = _value(parameters, name) or PARAMETERS[name][1]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name} is not JSON ({exc}): {str(text)[:80]!r}") from exc
 
 
 def _windows(values: list[Any]) -> npt.NDArray[np.int64]:
@@ -103,10 +118,25 @@ def _windows(values: list[Any]) -> npt.NDArray[np.int64]:
         return np.zeros((0, 2), dtype=np.int64)
     arrays = [np.asarray(v, dtype=np.int64) for v in values]
     if all(a.shape == (2,) for a in arrays):
-        return np.stack(arrays)
+        return _checked(np.stack(arrays))
     if len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 2:
         raise ValueError(
             "each ROI is [low, high], or the same number of per-channel "
             f"[low, high] pairs; got shapes {[a.shape for a in arrays]}"
         )
-    return np.stack(arrays, axis=1)  # (C, R, 2)
+    windows = np.stack(arrays, axis=1)  # (C, R, 2)
+    return _checked(windows)
+
+
+def _checked(windows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Inclusive ``[low, high]`` bins, ``0 <= low <= high``: a reversed window
+    would sum nothing and look like a map of zeros."""
+    low, high = windows[..., 0], windows[..., 1]
+    bad = (low < 0) | (low > high)
+    if bad.any():
+        where = np.argwhere(bad)[0]
+        raise ValueError(
+            f"ROI window {windows[tuple(where)].tolist()} (index {where.tolist()}) "
+            "must be [low, high] bins with 0 <= low <= high"
+        )
+    return windows

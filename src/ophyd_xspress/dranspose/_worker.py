@@ -80,7 +80,13 @@ class XrfMapWorker:
             if isinstance(packet, SeriesEndMessage):
                 return {"end": True}
             frame = packet.frame if isinstance(packet, StrayFrame) else packet
-            return _frame_result(frame, settings)
+            try:
+                return _frame_result(frame, settings)
+            except ValueError as exc:  # windows that do not fit the frame
+                log.warning(
+                    "event %s: frame %s: %s", event.event_number, frame.frame, exc
+                )
+                return {"error": f"frame {frame.frame}: {exc}"}
         return None  # a legacy part awaiting the rest of its frame
 
     def finish(self, parameters: Any = None) -> None:
