@@ -22,7 +22,7 @@ from ophyd_async.core import init_devices
 
 from ophyd_xspress import XspressDetector, XspressSimulator
 from ophyd_xspress._schema import GROUP
-from ophyd_xspress.catalog import MAX_DELAY, LocalCatalog
+from ophyd_xspress.catalog import EVENT_ROWS, MAX_DELAY, LocalCatalog
 from ophyd_xspress.demo import fly_scan
 from ophyd_xspress.protocol import correct, dead_time_from_scalers, derive, roi_sums
 
@@ -50,12 +50,17 @@ def test_count_and_fly_scan_read_back_bit_exact_after_restart(
                     rois={"Fe": (6250, 6560)},
                     path=catalog.data_dir,
                 )
-            count_uid = _uid(RE(_count(xspress, 3)))
+            # more points than one catalog write holds: a whole batch of
+            # EVENT_ROWS rows, the rest written at stop
+            points = EVENT_ROWS + 3
+            count_uid = _uid(RE(_count(xspress, points)))
             fly_uid = _uid(RE(fly_scan(xspress, FLY_FRAMES, 0.001)))
-            # what the simulator sent: series 0..2 are the three count points,
-            # series 3 the fly scan
-            sent_count = [sim.control.expected_frame(i, 0) for i in range(3)]
-            sent_fly = [sim.control.expected_frame(3, i) for i in range(FLY_FRAMES)]
+            # what the simulator sent: series 0..points-1 are the count's
+            # points, the next one the fly scan
+            sent_count = [sim.control.expected_frame(i, 0) for i in range(points)]
+            sent_fly = [
+                sim.control.expected_frame(points, i) for i in range(FLY_FRAMES)
+            ]
             windows = np.broadcast_to(
                 np.array([xspress.rois["Fe"][0]]), (4, 1, 2)
             ).copy()
@@ -66,7 +71,7 @@ def test_count_and_fly_scan_read_back_bit_exact_after_restart(
     with LocalCatalog(tmp_path) as again:
         step = again[count_uid]["primary"]
         spectra = np.asarray(step["xspress"].read())
-        assert spectra.shape == (3, 4, 4096)
+        assert spectra.shape == (EVENT_ROWS + 3, 4, 4096)
         assert spectra.dtype == np.uint32
         for i, frame in enumerate(sent_count):
             assert np.array_equal(spectra[i], frame.spectra)
