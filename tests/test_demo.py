@@ -47,6 +47,20 @@ def test_demo_command_writes_table_uids_and_plots(tmp_path: Path) -> None:
     assert [int(r[0]) for r in table] == [0, 1, 2, 3]
     assert all(0 < float(r[5]) < 60 for r in table), table
     assert "fly map: 16 x 8 pixels" in out
+    # the lines the demo prints read the runs back, from a new server
+    lines = out.split("read them back")[1].splitlines()[1:]
+    code = "\n".join(line[4:] for line in lines if line.startswith("    "))
+    code += "\nprint(spectra.shape, dtc.shape, fe.shape)\ncatalog.close()"
+    again = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.split("\n")[-2] == "(200, 4, 4096) (3, 4) (8, 16)"
     for name in ("spectra.png", "deadtime.png", "map.png"):
         path = tmp_path / "plots" / name
         assert path.stat().st_size > 20_000, f"{name} is suspiciously small"

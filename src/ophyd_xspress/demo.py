@@ -140,7 +140,7 @@ def run_demo(
         print("", file=out)
         for p in plots:
             print(f"wrote {p}", file=out)
-        _print_read_back(directory, count_uid, fly_uid, out)
+        _print_read_back(directory, count_uid, fly_uid, map_uid, out)
         return DemoResult(
             count_uid=count_uid,
             fly_uid=fly_uid,
@@ -267,11 +267,12 @@ def _channel_table(
 
 
 def _print_read_back(
-    directory: Path, count_uid: str, fly_uid: str, out: TextIO
+    directory: Path, count_uid: str, fly_uid: str, map_uid: str, out: TextIO
 ) -> None:
     print("", file=out)
     print(f"count run uid: {count_uid}", file=out)
     print(f"fly run uid:   {fly_uid}", file=out)
+    print(f"map run uid:   {map_uid}", file=out)
     print(
         "read them back (while this catalog's server runs, or from a new one):",
         file=out,
@@ -282,6 +283,8 @@ def _print_read_back(
     print(
         f"    dtc = catalog[{count_uid!r}]['primary']['xspress-dtc'].read()", file=out
     )
+    print("    from ophyd_xspress.maps import read_map", file=out)
+    print(f"    fe = read_map(catalog[{map_uid!r}]).rois['Fe']  # (ny, nx)", file=out)
 
 
 def _uid(result: object) -> str:
