@@ -61,6 +61,46 @@ def test_inspect_json_documents_the_captures(
     assert ("window_counts_totals" in series) is windows
 
 
+def test_inspect_a_36_channel_recording(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A series of the simulator at 36 channels, recorded off its stream:
+    inspect reports its shape, and its totals agree with the spectra."""
+    import zmq
+
+    frames = 12
+    # PUSH -> PULL: the messages wait for the reader (no subscription race)
+    with XspressSimulator(
+        channels=36, tango=False, pace=False, write_hdf5=False, socket_type="push"
+    ) as sim:
+        ctx = zmq.Context.instance()
+        sub = ctx.socket(zmq.PULL)
+        sub.connect(sim.stream_endpoint)
+        try:
+            det = sim.control
+            det.exposure_time = 0.001
+            det.n_frames_per_trigger = frames
+            det.arm()
+            det.software_trigger()
+            messages: list[list[bytes]] = []
+            while not messages or b"series_end" not in messages[-1][0]:
+                assert sub.poll(10_000), f"{len(messages)} messages, then silence"
+                messages.append(sub.recv_multipart())
+        finally:
+            sub.close(linger=0)
+    path = tmp_path / "36.cbors"
+    write_capture(path, messages)
+    assert main(["inspect", str(path), "--json"]) == 0
+    (series,) = json.loads(capsys.readouterr().out)["series"]
+    assert series["channels"] == 36
+    assert series["bins"] == 4096
+    assert series["frames"] == frames
+    assert series["anomalies"]["missing"] == []
+    assert series["spectrum_sums_equal_all_good"] is True
+    assert len(series["channel_totals"]) == 36
+    assert series["channel_totals"] == series["all_good_totals"]
+
+
 def test_inspect_text_names_the_facts(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["inspect", str(_capture("xspress3-multipart.cbors"))]) == 0
     out = capsys.readouterr().out
