@@ -187,7 +187,8 @@ class RunWatch:
             with device_errors(self.name, control, self.run):
                 await control.raise_if_fault()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.ended.wait(), FAULT_POLL)
+                async with asyncio.timeout(FAULT_POLL):
+                    await self.ended.wait()
 
     async def _heartbeat(self) -> None:
         while True:

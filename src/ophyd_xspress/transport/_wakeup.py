@@ -62,7 +62,12 @@ class Wakeup:
                 left = deadline() - time.monotonic()
                 if left <= 0:
                     raise on_timeout()
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for
+                # returns the inner result when a cancel() meets it in the same
+                # tick, and the cancelled waiter would wait on (a FAULT seen by
+                # RunWatch then waited for the stall time-out)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), left)
+                    async with asyncio.timeout(left):
+                        await event.wait()
         finally:
             self._waiters.remove(entry)
