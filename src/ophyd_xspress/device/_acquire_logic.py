@@ -142,7 +142,9 @@ class RunWatch:
 
     async def _frames(self) -> None:
         since = 0.0
-        while True:
+        # ends on the flag too, as _fault_poll does: a cancel swallowed by a
+        # signal read below would otherwise start another stall-long wait
+        while not self.ended.is_set():
             try:
                 await self.run.wait(self.stall_timeout, since)
                 return
